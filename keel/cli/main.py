@@ -1,0 +1,44 @@
+"""Entry point of the `keel` command: the group and its subcommands."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from keel import __version__
+from keel.errors import KeelError
+
+
+class KeelGroup(click.Group):
+    """Shows a KeelError as one clean line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeelError as exc:
+            click.secho(f"error: {exc.message}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=KeelGroup)
+@click.version_option(__version__, prog_name="keel")
+def cli() -> None:
+    """Keel: an OpenAI-compatible production stack for LLM applications."""
+
+
+def _register() -> None:
+    from keel.cli.fake_upstream import fake_upstream
+    from keel.cli.serve import serve
+    from keel.cli.traces import traces
+
+    cli.add_command(serve)
+    cli.add_command(fake_upstream)
+    cli.add_command(traces)
+
+
+_register()
+
+
+def main() -> None:
+    cli()

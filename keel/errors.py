@@ -1,0 +1,98 @@
+"""Every error Keel raises on purpose, and how each one reaches the user.
+
+    KeelError                      status, OpenAI error type, code, retryable
+    ├── ConfigError                a bad keel.yaml: file, field path, what was expected (CLI only)
+    ├── InvalidRequest       400   the client's mistake, naming the field (`param`)
+    │   ├── UnsupportedParameter   a parameter the chosen provider cannot honour
+    │   ├── ModelNotFound    404   unknown public model name
+    │   └── PayloadTooLarge  413   body over `server.max_body_bytes`
+    ├── NotFound             404   an unknown route or resource
+    └── UpstreamError        502   the provider failed (5xx, refused connection, bad answer)
+        ├── UpstreamRateLimited 429  passes the upstream's Retry-After on
+        └── UpstreamTimeout     504
+
+At the HTTP edge an error becomes `{"error": {"message", "type", "param", "code"}}` with its
+status; in the CLI it becomes one clean line. Anything else is a bug and is reported as a 500
+without its stack trace.
+"""
+
+from __future__ import annotations
+
+
+class KeelError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def to_openai(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(KeelError):
+    type = "config_error"
+
+
+class InvalidRequest(KeelError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class NotFound(KeelError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class UpstreamError(KeelError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

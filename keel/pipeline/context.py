@@ -1,0 +1,39 @@
+"""What a layer sees: the request, the route it is on, and its trace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+
+from keel.pipeline.trace import Trace
+
+# A non-streaming call returns a `chat.completion` dict; a streaming one an iterator of chunks.
+Result = dict | AsyncIterator[dict]
+
+
+@dataclass(slots=True)
+class Route:
+    """A public model name and everything needed to serve it."""
+
+    name: str
+    provider_name: str
+    provider: Any  # keel.providers.Provider
+    upstream_model: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    handler: Callable[[Context], Awaitable[Result]] | None = None
+    created: int = 0
+    owned_by: str = "keel"
+
+
+@dataclass(slots=True)
+class Context:
+    body: dict
+    route: Route
+    trace: Trace
+    headers: Mapping[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
