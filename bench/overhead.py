@@ -1,0 +1,170 @@
+"""Gateway overhead: the same requests sent to the fake upstream directly and through Keel.
+
+Starts `keel fake-upstream` and `keel serve` (openai provider, tracing on, SQLite store) as
+separate processes, plus a bare aiohttp pass-through for reference, then sends N chat requests at
+concurrency 1 and 16 to each. Prints p50/p90/p99 latency and req/s, and the difference Keel adds;
+writes bench/results/overhead.json. Targets on 2 cores: <= 1 ms added at p50 at concurrency 1,
+>= 1,500 req/s at concurrency 16.
+
+    python bench/overhead.py [--requests 4000] [--warmup 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+BODY = json.dumps({
+    "model": "echo",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France? Answer in one word."},
+    ],
+    "max_tokens": 16,
+}).encode()
+
+KEEL_CONFIG = """
+state_dir: {state}
+providers:
+  upstream: {{kind: openai, base_url: "http://127.0.0.1:{upstream}/v1"}}
+models:
+  echo: {{provider: upstream, model: echo}}
+tracing: {{enabled: true}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+async def load(url: str, total: int, concurrency: int) -> dict:
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        next_index = 0
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < total:
+                next_index += 1
+                t0 = time.perf_counter()
+                async with session.post(url, data=BODY,
+                                        headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                latencies.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {"p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+            "rps": len(latencies) / elapsed, "n": len(latencies)}
+
+
+async def measure(targets: dict[str, str], requests: int, warmup: int) -> dict:
+    results: dict = {}
+    for concurrency in (1, 16):
+        for name, url in targets.items():
+            await load(url, warmup, concurrency)
+            results.setdefault(concurrency, {})[name] = await load(url, requests, concurrency)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--warmup", type=int, default=500)
+    opts = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
+    up, keel, bare = free_port(), free_port(), free_port()
+    (workdir / "keel.yaml").write_text(KEEL_CONFIG.format(state=workdir / "state", upstream=up))
+    py = sys.executable
+    procs = [
+        start([py, "-m", "keel", "fake-upstream", "--port", str(up)], workdir),
+        start([py, "-m", "keel", "serve", "--config", "keel.yaml", "--port", str(keel)], workdir),
+        start([py, str(HERE / "passthrough.py"), "--port", str(bare),
+               "--upstream", f"http://127.0.0.1:{up}"], workdir),
+    ]
+    try:
+        asyncio.run(wait_ready(f"http://127.0.0.1:{up}/v1/models"))
+        asyncio.run(wait_ready(f"http://127.0.0.1:{keel}/readyz"))
+        asyncio.run(wait_ready(f"http://127.0.0.1:{bare}/v1/models"))
+        targets = {
+            "direct": f"http://127.0.0.1:{up}/v1/chat/completions",
+            "bare aiohttp pass-through": f"http://127.0.0.1:{bare}/v1/chat/completions",
+            "keel": f"http://127.0.0.1:{keel}/v1/chat/completions",
+        }
+        results = asyncio.run(measure(targets, opts.requests, opts.warmup))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=20)
+    report(results, opts)
+
+
+def report(results: dict, opts) -> None:
+    table = Table(title=f"Gateway overhead ({opts.requests} requests per cell, {os.cpu_count()} cores)")
+    for col in ("concurrency", "target", "p50 ms", "p90 ms", "p99 ms", "req/s", "added p50 ms"):
+        table.add_column(col, justify="right")
+    for concurrency, rows in results.items():
+        direct = rows["direct"]["p50_ms"]
+        for name, r in rows.items():
+            added = "" if name == "direct" else f"{r['p50_ms'] - direct:+.3f}"
+            table.add_row(str(concurrency), name, f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                          f"{r['p99_ms']:.3f}", f"{r['rps']:.0f}", added)
+    Console().print(table)
+    keel1, keel16 = results[1]["keel"], results[16]["keel"]
+    summary = {
+        "added_p50_ms_c1": keel1["p50_ms"] - results[1]["direct"]["p50_ms"],
+        "keel_rps_c16": keel16["rps"],
+        "targets": {"added_p50_ms_c1": 1.0, "keel_rps_c16": 1500},
+    }
+    print(f"Keel adds {summary['added_p50_ms_c1']:.3f} ms at p50 (c=1), target <= 1 ms; "
+          f"serves {summary['keel_rps_c16']:.0f} req/s at c=16, target >= 1500.")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "overhead.json").write_text(json.dumps({"results": results, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The aiohttp application: routes, middleware, and the gateway's start and close."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from keel.api.chat import chat_completions
+from keel.api.errors import openai_errors
+from keel.api.keys import GATEWAY
+from keel.api.models import get_model, healthz, list_models, readyz
+from keel.gateway import Gateway
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    # aiohttp enforces the body limit while reading; keel.api.body turns it into an OpenAI 413.
+    app = web.Application(
+        client_max_size=gateway.config.server.max_body_bytes, middlewares=[openai_errors]
+    )
+    app[GATEWAY] = gateway
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def start(app: web.Application) -> None:
+        await app[GATEWAY].start()
+
+    async def close(app: web.Application) -> None:
+        await app[GATEWAY].close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(close)
+    return app

@@ -1,0 +1,218 @@
+"""keel.yaml: its schema, loading, `${ENV}` expansion and the defaults used without a file.
+
+Every section is a pydantic model with `extra="forbid"`, so a typo stops start-up. A mistake is
+reported as a `ConfigError` naming the file, the path of the bad field and what was expected.
+Secrets never live in the file: a secret-looking field must be an `${ENV_VAR}` reference.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from keel.errors import ConfigError
+
+DEFAULT_STATE_DIR = Path(".keel")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEYS = {"api_key", "password", "secret", "token"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+
+class StoreConfig(Strict):
+    url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under state_dir")
+
+
+class TracingConfig(Strict):
+    enabled: bool = True
+    record_bodies: bool = True
+    buffer_size: int = Field(10_000, gt=0)
+    batch_size: int = Field(500, gt=0)
+    flush_interval_s: float = Field(0.25, gt=0)
+
+
+class ProviderConfig(BaseModel):
+    """`kind` picks the provider class; the other keys are that class's own `Options`."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
+class LayerSpec(Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _layer_specs(value: Any) -> Any:
+    # Accept `- json_mode` or `- json_mode: {repair_attempts: 2}` in the YAML.
+    if not isinstance(value, list):
+        return value
+    specs = []
+    for item in value:
+        if isinstance(item, str):
+            specs.append({"name": item})
+        elif isinstance(item, dict) and len(item) == 1 and "name" not in item:
+            (name, options), = item.items()
+            specs.append({"name": name, "options": options or {}})
+        else:
+            specs.append(item)
+    return specs
+
+
+class ModelConfig(Strict):
+    provider: str
+    model: str | None = Field(None, description="the provider's name for it; default: the key")
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    pipeline: list[LayerSpec] | None = None
+
+    _specs = field_validator("pipeline", mode="before")(_layer_specs)
+
+
+class KeelConfig(Strict):
+    state_dir: Path = DEFAULT_STATE_DIR
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    pipeline: list[LayerSpec] = Field(default_factory=lambda: [LayerSpec(name="json_mode")])
+
+    _specs = field_validator("pipeline", mode="before")(_layer_specs)
+
+    @model_validator(mode="after")
+    def _models_name_known_providers(self) -> KeelConfig:
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                known = ", ".join(sorted(self.providers)) or "none defined"
+                raise ValueError(
+                    f"models.{name}.provider: unknown provider {model.provider!r} "
+                    f"(providers: {known})"
+                )
+        return self
+
+    def database_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{(self.state_dir / 'keel.db').as_posix()}"
+
+
+def default_config() -> KeelConfig:
+    """What `keel serve` runs with no file: the embedded model, state in ./.keel/."""
+    return KeelConfig(
+        providers={"local": ProviderConfig(kind="local")},
+        models={"smollm2": ModelConfig(provider="local", defaults={"temperature": 0.2})},
+    )
+
+
+def load_config(path: str | os.PathLike | None = None) -> KeelConfig:
+    if path is None:
+        return default_config()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = _expand_env(raw, path, ())
+    try:
+        config = KeelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+    validate_components(config, path)
+    return config
+
+
+def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> None:
+    """Check each provider's and layer's own options now, so start-up fails early and clearly."""
+    from keel.pipeline.layer import layer_class
+    from keel.providers.registry import provider_class
+
+    for name, provider in config.providers.items():
+        where = f"providers.{name}"
+        try:
+            cls = provider_class(provider.kind)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
+        _check_options(cls.Options, provider.model_extra or {}, path, where)
+    layer_lists = [("pipeline", config.pipeline)] + [
+        (f"models.{m}.pipeline", c.pipeline) for m, c in config.models.items() if c.pipeline
+    ]
+    for where, specs in layer_lists:
+        for i, spec in enumerate(specs):
+            try:
+                cls = layer_class(spec.name)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {where}[{i}]: {exc.message}") from None
+            _check_options(cls.Options, spec.options, path, f"{where}[{i}].{spec.name}")
+
+
+def _check_options(options_cls: type[BaseModel], values: dict, path, where: str) -> None:
+    try:
+        options_cls.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, prefix=where)) from None
+
+
+def _describe(path, exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))
+        loc = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here)"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        got = err.get("input")
+        detail = f" (got {got!r})" if err["type"] != "extra_forbidden" and _short(got) else ""
+        lines.append(f"{path}: {loc}: {msg}{detail}" if loc else f"{path}: {msg}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list)) and len(repr(value)) < 80
+
+
+def _expand_env(value: Any, path: Path, where: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, path, (*where, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, path, (*where, str(i))) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    field = ".".join(where)
+    if where and _is_secret(where[-1]) and not _ENV_REF.fullmatch(value.strip()):
+        raise ConfigError(
+            f"{path}: {field}: secrets are read from the environment, not the file; "
+            f"write e.g. \"${{{where[-1].upper()}}}\""
+        )
+
+    def substitute(match: re.Match) -> str:
+        var, default = match.group(1), match.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: {field}: environment variable {var} is not set")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _is_secret(key: str) -> bool:
+    return key in _SECRET_KEYS or key.endswith(("_key", "_token", "_secret", "_password"))

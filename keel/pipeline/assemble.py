@@ -1,0 +1,57 @@
+"""Build each route's chain of layers once, at start-up, ending in the provider call."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from keel.pipeline.context import Context, Result
+from keel.pipeline.layer import Layer, Next, layer_class
+from keel.pipeline.trace import Span
+
+
+def make_layer(name: str, options: dict) -> Layer:
+    cls = layer_class(name)
+    return cls(cls.Options.model_validate(options))
+
+
+def build_chain(layers: list[Layer]) -> Next:
+    """`layers[0]` runs first; each call is a span named after its layer."""
+    handler: Next = call_provider
+    for layer in reversed(layers):
+        handler = _traced(layer, handler)
+    return handler
+
+
+def _traced(layer: Layer, next: Next) -> Next:
+    name = layer.name
+
+    async def call(ctx: Context) -> Result:
+        with ctx.trace.span(name):
+            return await layer(ctx, next)
+
+    return call
+
+
+async def call_provider(ctx: Context) -> Result:
+    route = ctx.route
+    span = ctx.trace.span("provider")
+    span.attrs["provider"] = route.provider_name
+    span.attrs["model"] = route.upstream_model
+    if ctx.stream:
+        # The span stays open until the stream ends, so it measures the whole generation.
+        return _spanned(route.provider.stream(ctx.body, route.upstream_model), span)
+    try:
+        return await route.provider.chat(ctx.body, route.upstream_model)
+    finally:
+        span.end()
+
+
+async def _spanned(chunks: AsyncIterator[dict], span: Span) -> AsyncIterator[dict]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        span.end()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,34 @@
+"""Validate Keel's responses against the official OpenAI OpenAPI description in shared/data."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi.yaml"
+
+
+@cache
+def _registry() -> tuple[Registry, dict]:
+    document = yaml.safe_load(SPEC.read_text())
+    resource = Resource.from_contents(document, default_specification=_DRAFT)
+    return Registry().with_resource("openai", resource), document
+
+
+_DRAFT = __import__("referencing.jsonschema", fromlist=["DRAFT202012"]).DRAFT202012
+
+
+def validator(name: str) -> Draft202012Validator:
+    registry, _ = _registry()
+    return Draft202012Validator({"$ref": f"openai#/components/schemas/{name}"}, registry=registry)
+
+
+def assert_valid(name: str, instance: dict) -> None:
+    errors = sorted(validator(name).iter_errors(instance), key=lambda e: list(e.path))
+    assert not errors, f"{name} invalid: " + "; ".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
+    )

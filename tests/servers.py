@@ -1,0 +1,86 @@
+"""Start a real `keel serve` process on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import json
+import urllib.error
+import urllib.request
+
+
+@contextmanager
+def keel_server(
+    workdir: Path, config: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """Yield the base URL (…/v1) of a `keel serve` running in `workdir` with `config` (YAML)."""
+    args = [sys.executable, "-m", "keel", "serve", "--port", "0"]
+    if config is not None:
+        (workdir / "keel.yaml").write_text(config)
+        args += ["--config", "keel.yaml"]
+    process = subprocess.Popen(
+        args,
+        cwd=workdir,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base_url = _wait_for_listening(process, timeout)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_for_listening(process: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                raise RuntimeError("keel serve exited:\n" + "".join(seen))
+            continue
+        seen.append(line)
+        if line.startswith("Keel listening on "):
+            return line.split()[-1].strip()
+    raise RuntimeError("keel serve did not start in time:\n" + "".join(seen))
+
+
+def wait_for_trace(base_dir: Path, trace_id: str, timeout: float = 10) -> dict:
+    """Poll `keel traces show ID --json` until the recorder has written the trace."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run(
+            [sys.executable, "-m", "keel", "traces", "show", trace_id, "--json"],
+            cwd=base_dir, capture_output=True, text=True,
+        )
+        if result.returncode == 0:
+            return json.loads(result.stdout)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"trace {trace_id} not recorded: {result.stderr}")
+        time.sleep(0.2)
+
+
+def http(method: str, url: str, body: bytes | dict | None = None, headers: dict | None = None):
+    """A raw HTTP call (for malformed bodies and error statuses): (status, headers, JSON)."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=body, method=method, headers={
+        "Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
