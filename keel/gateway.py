@@ -59,8 +59,8 @@ class Gateway:
     def context_for(self, body: dict, trace: Trace, headers=None) -> Context:
         """Validate a Chat Completions body and place it on its route, ready to run."""
         request = validate_chat_request(body)
+        trace.model = request.model
         route = self.route(request.model)
-        trace.model = route.name
         trace.provider = route.provider_name
         trace.upstream_model = route.upstream_model
         trace.stream = bool(request.stream)

@@ -14,7 +14,7 @@ SPEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi
 
 @cache
 def _registry() -> tuple[Registry, dict]:
-    document = yaml.safe_load(SPEC.read_text())
+    document = _nullable_to_null(yaml.safe_load(SPEC.read_text()))
     resource = Resource.from_contents(document, default_specification=_DRAFT)
     return Registry().with_resource("openai", resource), document
 
@@ -32,3 +32,16 @@ def assert_valid(name: str, instance: dict) -> None:
     assert not errors, f"{name} invalid: " + "; ".join(
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
     )
+
+
+def _nullable_to_null(node):
+    """The spec still marks some fields OpenAPI-3.0 style (`nullable: true`), which JSON Schema
+    2020-12 ignores; OpenAI sends null there (e.g. a chunk's `finish_reason`), so allow it."""
+    if isinstance(node, list):
+        return [_nullable_to_null(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _nullable_to_null(v) for k, v in node.items()}
+    if node.pop("nullable", False) is True:
+        return {"anyOf": [node, {"type": "null"}]}
+    return node

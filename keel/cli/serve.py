@@ -19,6 +19,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     from keel.api.server import run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = load_config(config_path)
     if host is not None:
         config.server.host = host

@@ -59,7 +59,7 @@ def list_command(limit, model, status, since, config_path, db_url, as_json) -> N
     elif not rows:
         click.echo("no traces")
     else:
-        Console(soft_wrap=False).print(_list_table(rows))
+        _console().print(_list_table(rows))
 
 
 @traces.command("show")
@@ -77,7 +77,7 @@ def show_command(trace_id, config_path, db_url, as_json) -> None:
     if as_json:
         click.echo(_dumps(trace))
     else:
-        _print_trace(Console(), trace)
+        _print_trace(_console(), trace)
 
 
 # -- opening the store -----------------------------------------------------------------------
@@ -96,6 +96,12 @@ def _open_store(config_path: str | None, db_url: str | None):
             f"no trace database at {path} (run `keel serve` first, or pass --config / --db)"
         )
     return open_store(url)
+
+
+def _console() -> Console:
+    console = Console()
+    # Piped into grep or a file, rich would assume 80 columns and cut ids short.
+    return console if console.is_terminal else Console(width=400)
 
 
 def _since(age: str) -> float:

@@ -46,7 +46,7 @@ def list_traces(
         query = query.where(traces.c.created_at >= _epoch(since))
     with store.engine.connect() as conn:
         rows = conn.execute(query.limit(limit)).mappings().all()
-    return [dict(row) for row in rows]
+    return [_plain(row) for row in rows]
 
 
 def get_trace(store: Store, trace_id: str) -> dict[str, Any]:
@@ -69,7 +69,12 @@ def get_trace(store: Store, trace_id: str) -> dict[str, Any]:
                     param="id",
                 )
             row = matches[0]
-    return dict(row)
+    return _plain(row)
+
+
+def _plain(row) -> dict[str, Any]:
+    # Column names are SQLAlchemy `quoted_name`s; plain str keys keep the dicts JSON-able anywhere.
+    return {str(key): value for key, value in row.items()}
 
 
 def _status_filter(status: int | str) -> sa.ColumnElement[bool]:

@@ -143,7 +143,8 @@ class TraceRecorder:
             try:
                 rows.append(trace_row(trace, self.record_bodies))
             except Exception:
-                log.exception("trace %s could not be turned into a row; skipped", trace.id)
+                log.exception("trace %s could not be turned into a row; skipped",
+                              getattr(trace, "id", "?"))
                 self.errors += 1
         if not rows:
             return
@@ -210,6 +211,8 @@ def trace_row(trace: Trace, record_bodies: bool = True) -> dict[str, Any]:
 def _is_row_problem(exc: Exception) -> bool:
     """A fault in some row's data (worth retrying row by row), not in the database itself."""
     if isinstance(exc, (sa.exc.IntegrityError, sa.exc.DataError)):
+        return True
+    if isinstance(exc, (TypeError, ValueError)):  # a JSON value the driver could not serialise
         return True
     # A StatementError that is not a DBAPIError failed before reaching the database: a value
     # that could not be bound or serialised.

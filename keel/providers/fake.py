@@ -174,7 +174,7 @@ def fake_error(status: str, retry_after: str = "7", message: str | None = None) 
     if code == 429:
         err: KeelError = UpstreamRateLimited(message, headers={"Retry-After": retry_after})
     elif code in (401, 403):
-        err = UpstreamError(f"{message} (the provider's key was rejected)")
+        err = UpstreamError(f"{message}: invalid API key")
     elif 400 <= code < 500:
         err = InvalidRequest(message, param="messages", code="fake_error")
         err.status = code

@@ -1,0 +1,231 @@
+"""The `openai` provider: any OpenAI-compatible Chat Completions API over HTTP.
+
+OpenAI, Azure OpenAI (`api_version` set), vLLM, Ollama, llama.cpp server, or Keel's own fake
+upstream. One pooled keep-alive `aiohttp.ClientSession` per provider, opened in `start()`.
+
+This is the hot path of every remote request, so per request it does only: a shallow copy of
+the body to set `model`, one orjson encode, the POST, one orjson decode and the in-place
+`normalize_completion`. Streams are decoded as bytes arrive and each chunk is yielded at once;
+Keel always asks the upstream for the usage chunk so the trace can record tokens. How upstream
+failures map to Keel errors is in `openai_errors.py`.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, ClassVar
+
+import aiohttp
+import orjson
+from pydantic import Field, field_validator
+
+from keel import __version__
+from keel.errors import UpstreamError, UpstreamTimeout
+from keel.providers.base import ProviderOptions
+from keel.providers.openai_errors import http_error, stream_error
+from keel.providers.openai_sse import SSEDecoder
+from keel.providers.shapes import normalize_chunk, normalize_completion
+
+
+class OpenAIOptions(ProviderOptions):
+    base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    api_key: str | None = None
+    organization: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    api_version: str | None = Field(None, description="Azure OpenAI: adds ?api-version=")
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(600.0, gt=0, description="longest wait for the next bytes")
+    max_connections: int = Field(256, ge=1)
+    # Below the 5 s idle timeout of uvicorn (vLLM) so Keel drops an idle connection before the
+    # upstream does, rather than sending a request into one being closed.
+    keepalive_timeout: float = Field(4.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class OpenAIProvider:
+    kind: ClassVar[str] = "openai"
+    Options: ClassVar[type[ProviderOptions]] = OpenAIOptions
+
+    def __init__(self, name: str, options: OpenAIOptions) -> None:
+        self.name = name
+        self.options = options
+        self.base_url = options.base_url
+        self.url = options.base_url + "/chat/completions"
+        if options.api_version:
+            self.url += f"?api-version={options.api_version}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        opts = self.options
+        connector = aiohttp.TCPConnector(
+            limit=opts.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=opts.keepalive_timeout,
+            ttl_dns_cache=300,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=opts.connect_timeout, sock_read=opts.read_timeout
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers=self._headers(),
+            raise_for_status=False,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def check(self, body: dict, model: str) -> None:
+        # The upstream decides what it supports; its 400 reaches the client with its message.
+        pass
+
+    async def chat(self, body: dict, model: str) -> dict:
+        request = {**body, "model": model, "stream": False}
+        # stream_options is an error upstream unless stream is true.
+        request.pop("stream_options", None)
+        payload = orjson.dumps(request)
+        resp = await self._post(payload)
+        try:
+            raw = await resp.read()
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
+        except aiohttp.ClientError as exc:
+            raise self._broken(exc) from None
+        finally:
+            resp.release()
+        if resp.status >= 400:
+            raise http_error(self.name, self.base_url, resp.status, raw, resp.headers)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise self._not_json(raw) from None
+        if not isinstance(data, dict) or "choices" not in data:
+            raise self._not_json(raw)
+        return normalize_completion(data)
+
+    async def stream(self, body: dict, model: str) -> AsyncIterator[dict]:
+        stream_options = body.get("stream_options")
+        stream_options = {**stream_options, "include_usage": True} if stream_options else _USAGE
+        payload = orjson.dumps(
+            {**body, "model": model, "stream": True, "stream_options": stream_options}
+        )
+        resp = await self._post(payload)
+        try:
+            if resp.status >= 400:
+                raw = await resp.read()
+                raise http_error(self.name, self.base_url, resp.status, raw, resp.headers)
+            if resp.content_type == "application/json":
+                raise self._not_sse(await resp.read())
+            decoder = SSEDecoder()
+            async for piece in resp.content.iter_any():
+                for data in decoder.feed(piece):
+                    if data == b"[DONE]":
+                        return
+                    yield self._chunk(data)
+            for data in decoder.flush():
+                if data != b"[DONE]":
+                    yield self._chunk(data)
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
+        except aiohttp.ClientError as exc:
+            raise self._broken(exc) from None
+        finally:
+            # Returns the connection to the pool when the body was read to its end; aiohttp
+            # closes it instead when the consumer stopped early and bytes are still unread.
+            resp.release()
+
+    async def _post(self, payload: bytes) -> aiohttp.ClientResponse:
+        session = self._session
+        if session is None:
+            await self.start()
+            session = self._session
+        # One retry when a pooled connection turns out to be closed by the upstream before it
+        # read the request: that race is a property of keep-alive, not an upstream failure.
+        for attempt in (0, 1):
+            try:
+                return await session.post(self.url, data=payload)
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt:
+                    raise self._broken(exc) from None
+            except TimeoutError as exc:
+                raise self._timeout(exc) from None
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamError(
+                    f"could not reach provider {self.name!r} at {self.base_url}: "
+                    f"{exc.os_error.strerror or exc.os_error}"
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise self._broken(exc) from None
+        raise AssertionError("unreachable")
+
+    def _chunk(self, data: bytes) -> dict:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise self._not_json(data) from None
+        if not isinstance(chunk, dict):
+            raise self._not_json(data)
+        if "error" in chunk:
+            raise stream_error(self.name, self.base_url, chunk)
+        return normalize_chunk(chunk)
+
+    def _headers(self) -> dict[str, str]:
+        opts = self.options
+        headers = {"Content-Type": "application/json", "User-Agent": f"keel/{__version__}"}
+        if opts.api_key:
+            if opts.api_version:
+                headers["api-key"] = opts.api_key
+            else:
+                headers["Authorization"] = f"Bearer {opts.api_key}"
+        if opts.organization:
+            headers["OpenAI-Organization"] = opts.organization
+        headers.update(opts.headers)
+        return headers
+
+    def _timeout(self, exc: BaseException) -> UpstreamTimeout:
+        phase = "connecting to" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "waiting for"
+        limit = (
+            self.options.connect_timeout
+            if phase == "connecting to"
+            else self.options.read_timeout
+        )
+        return UpstreamTimeout(
+            f"timed out after {limit:g} s {phase} provider {self.name!r} at {self.base_url}"
+        )
+
+    def _broken(self, exc: BaseException) -> UpstreamError:
+        return UpstreamError(
+            f"the connection to provider {self.name!r} at {self.base_url} failed: "
+            f"{exc.__class__.__name__}: {exc}"
+        )
+
+    def _not_json(self, raw: bytes) -> UpstreamError:
+        return UpstreamError(
+            f"provider {self.name!r} ({self.base_url}) sent a body that is not an OpenAI JSON "
+            f"answer: {raw[:200].decode('utf-8', 'replace')!r}"
+        )
+
+    def _not_sse(self, raw: bytes) -> UpstreamError:
+        try:
+            error = orjson.loads(raw).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            error = None
+        if error:
+            return stream_error(self.name, self.base_url, {"error": error})
+        return UpstreamError(
+            f"provider {self.name!r} ({self.base_url}) answered a stream request with JSON, "
+            "not server-sent events"
+        )
+
+
+_USAGE = {"include_usage": True}

@@ -1,0 +1,55 @@
+"""Database fixtures shared by the store and ops tests: every test runs on each backend.
+
+SQLite always (a file in tmp_path); PostgreSQL when KEEL_TEST_POSTGRES_URL names one (see
+.ci/postgres.sh). Each PostgreSQL test gets a schema of its own, named in the URL's
+search_path, so tests see a fresh database and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from keel.store import open_store
+from keel.store.db import normalize_url
+
+POSTGRES_URL = os.environ.get("KEEL_TEST_POSTGRES_URL")
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgres",
+        id="postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not POSTGRES_URL, reason="KEEL_TEST_POSTGRES_URL is not set"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state' / 'keel.db'}"
+        return
+    schema = f"keel_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(normalize_url(POSTGRES_URL))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
+
+
+@pytest.fixture
+def store(db_url):
+    store = open_store(db_url)
+    yield store
+    store.close()
