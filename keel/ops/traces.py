@@ -43,6 +43,7 @@ class TraceRecorder:
         self._idle = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._insert = traces_table.insert()
         self.written = 0
@@ -56,7 +57,7 @@ class TraceRecorder:
     def submit(self, trace: Trace) -> None:
         """Queue a finished trace for writing. Never blocks and never raises."""
         pending = self._pending
-        if len(pending) >= self.buffer_size:
+        if len(pending) >= self.buffer_size or self._closed:
             self.dropped += 1
             return
         pending.append(trace)
@@ -67,7 +68,7 @@ class TraceRecorder:
 
     def start(self) -> TraceRecorder:
         if self._thread is None:
-            self._stopping = False
+            self._stopping = self._closed = False
             self._thread = threading.Thread(target=self._run, name="keel-trace-writer", daemon=True)
             self._thread.start()
         return self
@@ -88,7 +89,8 @@ class TraceRecorder:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop the writer after it has written everything pending."""
+        """Stop the writer after it has written everything pending; later submits are dropped."""
+        self._closed = True
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stopping = True

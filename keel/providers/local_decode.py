@@ -59,7 +59,9 @@ class StopFilter:
 class Decoder:
     """Generates for one loaded `Llama`; not thread-safe, like llama.cpp itself."""
 
-    def __init__(self, llama_cpp, llm, pieces: list[bytes], closing_bias: dict[int, float]) -> None:
+    def __init__(
+        self, llama_cpp, llm, pieces: list[bytes], closing_bias: tuple[dict[int, float], dict[int, float]]
+    ) -> None:
         self._lib = llama_cpp
         self._llm = llm
         self._vocab = llm._model.vocab
@@ -87,7 +89,7 @@ class Decoder:
         tokens: list[int] = []
         parts: list[str] = []
         finish = "length"
-        closing = False
+        closing_in_string: bool | None = None  # None: not closing; else the state the bias fits
 
         def out(text: str) -> None:
             if text:
@@ -98,9 +100,10 @@ class Decoder:
         while len(tokens) < plan.max_tokens:
             if cancel.is_set():
                 return Outcome("".join(parts), "cancelled", len(tokens))
-            if budget is not None and not closing and budget.must_close(len(tokens)):
-                sampler = self._closing_sampler(plan.grammar, tokens)
-                closing = True
+            if budget is not None and (closing_in_string is not None or budget.must_close(len(tokens))):
+                if closing_in_string != budget.in_string:
+                    closing_in_string = budget.in_string
+                    sampler = self._closing_sampler(plan.grammar, tokens, closing_in_string)
             token = sampler.sample(llm._ctx, -1)
             if self._lib.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
@@ -153,12 +156,12 @@ class Decoder:
             sampler.add_dist(plan.seed)
         return sampler
 
-    def _closing_sampler(self, grammar: str, generated: list[int]):
+    def _closing_sampler(self, grammar: str, generated: list[int], in_string: bool):
         """Greedy towards closers, under a fresh copy of the grammar brought up to date."""
         from llama_cpp._internals import LlamaSampler
 
         sampler = LlamaSampler()
-        sampler.add_logit_bias(self._n_vocab, self._closing_bias)
+        sampler.add_logit_bias(self._n_vocab, self._closing_bias[in_string])
         self._add_grammar(sampler, grammar)
         sampler.add_greedy()
         for token in generated:

@@ -160,7 +160,8 @@ class JsonBudget:
     stack: list[str] = field(default_factory=list)
     in_string: bool = False
     escaped: bool = False
-    pending_value: bool = False
+    in_key: bool = False
+    pending: str = ""  # the last structural character when it still owes something
     started: bool = False
     active: bool = True
 
@@ -183,22 +184,31 @@ class JsonBudget:
             return
         if ch == '"':
             self.in_string = True
-            self.pending_value = False
+            # A string opened where an object wants a key still owes `:` and a value.
+            self.in_key = bool(self.stack) and self.stack[-1] == "{" and self.pending in ("{", ",")
+            self.pending = ""
         elif ch in "{[":
             self.stack.append(ch)
-            self.pending_value = False
+            self.pending = ch
         elif ch in "}]":
             if self.stack:
                 self.stack.pop()
-            self.pending_value = False
+            self.pending = ""
         elif ch in ":,":
-            self.pending_value = True
+            self.pending = ch
         else:
-            self.pending_value = False
+            self.pending = ""
 
     def closing_cost(self) -> int:
-        """Tokens to close what is open, with one spare: closers such as `"}` often merge."""
-        return len(self.stack) + self.in_string + 2 * self.pending_value + 1
+        """Tokens to close what is open, with spares: closers such as `"}` often merge."""
+        cost = len(self.stack) + 2
+        if self.in_string:
+            cost += 3 if self.in_key else 1  # `"`, then `:` and a short value for a key
+        elif self.pending == ":" or (self.pending == "," and self.stack[-1:] == ["["]):
+            cost += 1  # a value is owed
+        elif self.pending == "," :
+            cost += 4  # a key, `:` and a value are owed
+        return cost
 
     def must_close(self, used: int) -> bool:
         if not self.active:
@@ -207,22 +217,32 @@ class JsonBudget:
         return used + cost >= self.max_tokens
 
 
-# Bias tiers for closing mode (added to logits before the grammar masks what is invalid).
-_CLOSER_BIAS = 100.0  # `"`, `]`, `}` and runs of them: finish what is open
-_SEPARATOR_BIAS = 60.0  # `,` only wins where the grammar forbids closing (a required key next)
-_SHORT_VALUE_BIAS = 40.0  # where a value must be written, write a short one
+# Bias tiers for closing mode, added to logits before the grammar masks what is invalid. The
+# gaps are far wider than the spread of the model's own logits, so the tiers decide, not it.
+_CLOSER_BIAS = 200.0  # `"`, `]`, `}` and runs of them: finish what is open
+_PER_CLOSER_CHAR = 30.0  # a longer run closes more per token
+_PER_BRACKET = 10.0  # `]`/`}` before `"`, which may open a new string
+_SEPARATOR_BIAS = 100.0  # `,` only wins where the grammar forbids closing (a required key next)
+_SHORT_VALUE_BIAS = 60.0  # where a value must be written, write a short one
 _SHORT_VALUES = {"0", '""', "null", "false", "true", "[]", "{}"}
 
 
-def closing_bias(pieces: list[str]) -> dict[int, float]:
-    """Token id -> logit bias for closing mode, from every token's text."""
-    bias: dict[int, float] = {}
+def closing_bias(pieces: list[str]) -> tuple[dict[int, float], dict[int, float]]:
+    """Token id -> logit bias for closing mode: (outside a string, inside a string).
+
+    Inside a string `]` and `}` are plain characters, so only pieces that start with the
+    closing quote count as closers there.
+    """
+    outside: dict[int, float] = {}
+    inside: dict[int, float] = {}
     for token, piece in enumerate(pieces):
         if piece and all(ch in '"]}' for ch in piece):
-            # A longer run closes more per token; `]`/`}` before `"`, which may open a string.
-            bias[token] = _CLOSER_BIAS + len(piece) + piece.count("]") + piece.count("}")
+            brackets = piece.count("]") + piece.count("}")
+            outside[token] = _CLOSER_BIAS + _PER_CLOSER_CHAR * len(piece) + _PER_BRACKET * brackets
+            if piece.startswith('"'):
+                inside[token] = outside[token]
         elif piece == ",":
-            bias[token] = _SEPARATOR_BIAS
+            outside[token] = _SEPARATOR_BIAS
         elif piece in _SHORT_VALUES:
-            bias[token] = _SHORT_VALUE_BIAS
-    return bias
+            outside[token] = _SHORT_VALUE_BIAS
+    return outside, inside

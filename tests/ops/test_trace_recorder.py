@@ -186,3 +186,10 @@ def test_throughput(store, request):
     backend = request.node.callspec.id
     print(f"\n[{backend}] trace writer: {n / total_s:,.0f} traces/s "
           f"({n} in {total_s:.2f} s); submit: {submit_s / n * 1e6:.2f} µs each")
+
+
+def test_submit_after_close_is_dropped_and_counted(store):
+    recorder = TraceRecorder(store, tracing()).start()
+    recorder.close()
+    recorder.submit(make_trace())
+    assert recorder.stats() == {"written": 0, "dropped": 1, "pending": 0, "errors": 0}
