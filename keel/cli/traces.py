@@ -25,7 +25,9 @@ _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def _db_options(fn):
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(fn)
-    fn = click.option("--db", "db_url", metavar="URL", help="Database URL; overrides the config.")(fn)
+    fn = click.option(
+        "--db", "db_url", metavar="URL", help="Database URL; overrides the config."
+    )(fn)
     fn = click.option(
         "--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH",
         help="keel.yaml whose store to read (default: ./.keel/keel.db).",

@@ -130,7 +130,7 @@ class FakeProvider:
                 raise fake_error("500", self.options.retry_after, "fake: flaky failure")
             return _text_answer(_last_user_text(body), body)
         if behaviour == "slow" or behaviour.startswith("slow-"):
-            ms = float(behaviour[5:]) if behaviour[5:] else self.options.slow_ms
+            ms = _number(behaviour[5:], self.options.slow_ms)
             return _text_answer(_last_user_text(body), body, delay_s=ms / 1000.0)
         if behaviour == "json":
             return _Answer(_json_text(body))
@@ -184,6 +184,13 @@ def fake_error(status: str, retry_after: str = "7", message: str | None = None) 
     return err
 
 
+def _number(text: str, default: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return default
+
+
 def _behaviour(model: str) -> str:
     return model[5:] if model.startswith("fake/") else model
 
@@ -230,7 +237,8 @@ def _tool_call_answer(body: dict) -> _Answer:
         raise InvalidRequest("fake/tool-call needs at least one tool in `tools`", param="tools")
     function = tools[0].get("function") or {}
     args = example_instance(function.get("parameters") or {"type": "object"})
-    call = shapes.tool_call("call_fake_0", function.get("name", "tool"), orjson.dumps(args).decode())
+    name = function.get("name", "tool")
+    call = shapes.tool_call("call_fake_0", name, orjson.dumps(args).decode())
     return _Answer(None, tool_calls=[call], finish_reason="tool_calls")
 
 
@@ -312,5 +320,6 @@ def _resolve(root: dict, ref: str) -> dict:
     for part in ref[1:].strip("/").split("/"):
         if not part:
             continue
-        node = node.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(node, dict) else {}
+        key = part.replace("~1", "/").replace("~0", "~")
+        node = node.get(key, {}) if isinstance(node, dict) else {}
     return node

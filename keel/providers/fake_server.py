@@ -91,10 +91,14 @@ async def _stream(request: web.Request, provider: FakeProvider, body: dict) -> w
     return resp
 
 
+def _model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "keel-fake"}
+
+
 _MODEL_LIST = orjson.dumps(
     {
         "object": "list",
-        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "keel-fake"} for m in MODELS],
+        "data": [_model(m) for m in MODELS],
     }
 )
 
@@ -104,8 +108,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    model = {"id": request.match_info["id"], "object": "model", "created": 0, "owned_by": "keel-fake"}
-    return web.Response(body=orjson.dumps(model), content_type="application/json")
+    body = orjson.dumps(_model(request.match_info["id"]))
+    return web.Response(body=body, content_type="application/json")
 
 
 def _keel_error(exc: KeelError) -> web.Response:
@@ -160,7 +164,8 @@ def serve_fake_upstream(
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            runner, bound = loop.run_until_complete(start_site(make_app(options, api_key), host, port))
+            app = make_app(options, api_key)
+            runner, bound = loop.run_until_complete(start_site(app, host, port))
         except BaseException as exc:  # reported to the caller below
             state["error"] = exc
             ready.set()

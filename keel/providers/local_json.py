@@ -15,6 +15,7 @@ does not fit does the provider raise `json_budget_exceeded`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -32,6 +33,9 @@ number ::= "-"? ( "0" | [1-9] [0-9]{0,15} ) ( "." [0-9]{1,15} )? ( [eE] [-+]? [0
 """
 
 _SPACE_RULE = re.compile(r"^space ::= .*$", re.MULTILINE)
+# The converter lets raw control characters into strings, which strict JSON parsers reject.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_STRICT_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
 
 
 def schema_gbnf(schema: dict, prop_order: list[str] | None = None) -> str:
@@ -39,6 +43,7 @@ def schema_gbnf(schema: dict, prop_order: list[str] | None = None) -> str:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     grammar = json_schema_to_gbnf(json.dumps(schema), prop_order)
+    grammar = grammar.replace(_LOOSE_CHAR, _STRICT_CHAR)
     return _SPACE_RULE.sub('space ::= ""', grammar)
 
 
@@ -119,8 +124,9 @@ def minimal_instance(schema, root: dict | None = None, depth: int = 0):
     if kind == "string":
         return "a" * schema.get("minLength", 0)
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-        return max(0, int(low) + 1) if low else 0
+        if "exclusiveMinimum" in schema:
+            return max(0, int(schema["exclusiveMinimum"]) + 1)
+        return max(0, math.ceil(schema.get("minimum", 0)))
     if kind == "boolean":
         return False
     return None
@@ -221,28 +227,36 @@ class JsonBudget:
 # gaps are far wider than the spread of the model's own logits, so the tiers decide, not it.
 _CLOSER_BIAS = 200.0  # `"`, `]`, `}` and runs of them: finish what is open
 _PER_CLOSER_CHAR = 30.0  # a longer run closes more per token
-_PER_BRACKET = 10.0  # `]`/`}` before `"`, which may open a new string
 _SEPARATOR_BIAS = 100.0  # `,` only wins where the grammar forbids closing (a required key next)
 _SHORT_VALUE_BIAS = 60.0  # where a value must be written, write a short one
+# Elsewhere the grammar dictates the text (a required key, a minLength): take long tokens.
+_PER_CHAR = 8.0
+_LONG_TOKEN_CAP = 50.0
+_STRUCTURAL = set('"{}[],:\\')
 _SHORT_VALUES = {"0", '""', "null", "false", "true", "[]", "{}"}
 
 
 def closing_bias(pieces: list[str]) -> tuple[dict[int, float], dict[int, float]]:
     """Token id -> logit bias for closing mode: (outside a string, inside a string).
 
-    Inside a string `]` and `}` are plain characters, so only pieces that start with the
-    closing quote count as closers there.
+    Outside a string a piece that starts with `"` opens one, and inside a string `]` and `}` are
+    plain characters; so closers are `]`/`}` runs outside, and `"` plus such a run inside.
     """
     outside: dict[int, float] = {}
     inside: dict[int, float] = {}
     for token, piece in enumerate(pieces):
-        if piece and all(ch in '"]}' for ch in piece):
-            brackets = piece.count("]") + piece.count("}")
-            outside[token] = _CLOSER_BIAS + _PER_CLOSER_CHAR * len(piece) + _PER_BRACKET * brackets
-            if piece.startswith('"'):
-                inside[token] = outside[token]
-        elif piece == ",":
-            outside[token] = _SEPARATOR_BIAS
+        if piece and all(ch in "]}" for ch in piece):
+            outside[token] = _CLOSER_BIAS + _PER_CLOSER_CHAR * len(piece)
+        elif piece.startswith('"') and all(ch in "]}:" for ch in piece[1:]):
+            # `":` ends a key and writes its colon in one token.
+            inside[token] = _CLOSER_BIAS + _PER_CLOSER_CHAR * len(piece)
+        if piece in (",", ',"'):
+            # `,"` also opens the next key, where the grammar requires one.
+            outside[token] = _SEPARATOR_BIAS + 10.0 * (len(piece) - 1)
         elif piece in _SHORT_VALUES:
             outside[token] = _SHORT_VALUE_BIAS
+        elif piece and not any(ch in _STRUCTURAL for ch in piece):
+            long_token = min(_LONG_TOKEN_CAP, _PER_CHAR * len(piece))
+            outside.setdefault(token, long_token)
+            inside.setdefault(token, long_token)
     return outside, inside

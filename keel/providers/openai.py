@@ -193,12 +193,10 @@ class OpenAIProvider:
         return headers
 
     def _timeout(self, exc: BaseException) -> UpstreamTimeout:
-        phase = "connecting to" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "waiting for"
-        limit = (
-            self.options.connect_timeout
-            if phase == "connecting to"
-            else self.options.read_timeout
-        )
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            phase, limit = "connecting to", self.options.connect_timeout
+        else:
+            phase, limit = "waiting for", self.options.read_timeout
         return UpstreamTimeout(
             f"timed out after {limit:g} s {phase} provider {self.name!r} at {self.base_url}"
         )

@@ -5,6 +5,7 @@
     401, 403                             UpstreamError (key rejected)  502: the provider's key,
                                                                        not the client's
     404/405 without an OpenAI error body UpstreamError                 502: base_url looks wrong
+    404 model_not_found                  UpstreamError                 502: keel.yaml's `model:`
     408, 504                             UpstreamTimeout               504
     other 4xx (400, 404, 422, ...)       InvalidRequest                the upstream's status, with
                                                                        its message, param, code
@@ -49,6 +50,13 @@ def http_error(name: str, base_url: str, status: int, raw: bytes, headers: Mappi
     if status in (404, 405) and not error:
         return UpstreamError(
             f"{where} answered {status} for /chat/completions: check its base_url ({message})"
+        )
+    if status == 404 and error.get("code") == "model_not_found":
+        # The client's public model exists; the upstream name in keel.yaml is what is wrong.
+        return UpstreamError(
+            f"{where} does not serve the model Keel asked for: {message}; "
+            "check the model's `model:` in keel.yaml",
+            code="upstream_model_not_found",
         )
     if status in (408, 504):
         return UpstreamTimeout(f"{where} timed out ({status}): {message}")

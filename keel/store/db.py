@@ -8,6 +8,8 @@ instead of failing. PostgreSQL goes through psycopg v3; a plain `postgresql://` 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,7 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         cursor = dbapi_conn.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if path is not None:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -134,6 +136,20 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cursor) -> None:
+    # WAL is a property of the file, set once. Switching a fresh file to it takes a lock that
+    # busy_timeout does not wait for, so a second process starting at that instant retries here.
+    for attempt in range(100):
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.01 + 0.002 * attempt)
 
 
 def advisory_lock_key(name: str) -> int:

@@ -51,7 +51,8 @@ def test_filter_by_model(store, recorded):
 @pytest.mark.parametrize("status, expected", [(429, [2]), ("502", [3]), ("ok", [4, 1, 0]),
                                               ("error", [3, 2])])
 def test_filter_by_status(store, recorded, status, expected):
-    assert [r["id"] for r in list_traces(store, status=status)] == [recorded[i].id for i in expected]
+    rows = list_traces(store, status=status)
+    assert [r["id"] for r in rows] == [recorded[i].id for i in expected]
 
 
 def test_a_bad_status_filter_is_a_clean_error(store):

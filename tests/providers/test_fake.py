@@ -11,7 +11,16 @@ from jsonschema import Draft202012Validator
 from keel.errors import InvalidRequest, UpstreamError, UpstreamRateLimited
 from keel.providers import provider_class, shapes
 from keel.providers.fake import FakeOptions, FakeProvider, example_instance
-from tests.providers.test_openai import assert_valid_chunk, assert_valid_completion
+from tests.openai_schema import assert_valid
+
+
+def assert_valid_completion(completion: dict) -> None:
+    assert_valid("CreateChatCompletionResponse", completion)
+
+
+def assert_valid_chunk(chunk: dict) -> None:
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
+
 
 
 def body(text: str = "hello big world", **extra) -> dict:
@@ -48,7 +57,8 @@ async def test_echo_replies_with_the_last_user_message(fake):
 
 
 async def test_prefix_parts_and_unknown_names(fake):
-    parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    text_parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    parts = [{"role": "user", "content": text_parts}]
     result = await fake.chat({"model": "x", "messages": parts}, "fake/echo")
     assert result["choices"][0]["message"]["content"] == "a b"
     result = await fake.chat(body("same"), "gpt-4o-mini")
@@ -102,8 +112,9 @@ SCHEMAS = [
         "code": {"type": "string", "minLength": 8},
         "when": {"type": "string", "format": "date"},
         "nested": {"type": "object", "properties": {"x": {"const": 1}}, "required": ["x"]}}},
-    {"type": "object", "$defs": {"item": {"type": "object", "properties": {"id": {"type": "integer"}},
-                                          "required": ["id"]}},
+    {"type": "object",
+     "$defs": {"item": {"type": "object", "properties": {"id": {"type": "integer"}},
+                        "required": ["id"]}},
      "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/item"}},
                     "either": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
      "required": ["items", "either"]},
@@ -220,5 +231,6 @@ def test_shapes_normalize_fills_what_strict_clients_need():
     completion = shapes.normalize_completion(upstream)
     assert completion is upstream
     assert_valid_completion(completion)
-    chunk = shapes.normalize_chunk({"id": "x", "model": "m", "choices": [{"delta": {"content": "a"}}]})
+    upstream = {"id": "x", "model": "m", "choices": [{"delta": {"content": "a"}}]}
+    chunk = shapes.normalize_chunk(upstream)
     assert_valid_chunk(chunk)

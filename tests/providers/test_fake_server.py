@@ -11,7 +11,16 @@ import pytest
 from aiohttp import ClientSession
 
 from keel.providers.fake_server import serve_fake_upstream
-from tests.providers.test_openai import assert_openai_valid, assert_valid_chunk, assert_valid_completion
+from tests.openai_schema import assert_valid
+
+
+def assert_valid_completion(completion: dict) -> None:
+    assert_valid("CreateChatCompletionResponse", completion)
+
+
+def assert_valid_chunk(chunk: dict) -> None:
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
+
 
 USER = [{"role": "user", "content": "ping pong"}]
 
@@ -68,7 +77,7 @@ def test_sdk_sees_errors_with_their_status(client):
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="error-429", messages=USER)
     assert info.value.response.headers["retry-after"] == "7"
-    assert_openai_valid("ErrorResponse", info.value.response.json())
+    assert_valid("ErrorResponse", info.value.response.json())
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(model="error-500", messages=USER, stream=True)
     assert info.value.status_code == 500
@@ -111,7 +120,7 @@ async def test_malformed_requests_and_required_key():
             async with session.post(f"{url}/chat/completions", data=b"{nope",
                                     headers=headers) as resp:
                 assert resp.status == 400
-                assert_openai_valid("ErrorResponse", await resp.json())
+                assert_valid("ErrorResponse", await resp.json())
             async with session.post(f"{url}/chat/completions", json={"model": "echo"},
                                     headers=headers) as resp:
                 assert resp.status == 400

@@ -5,17 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from functools import cache
 
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from jsonschema import Draft202012Validator
 from pydantic import ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from keel.errors import (
     InvalidRequest,
@@ -26,50 +21,18 @@ from keel.errors import (
 from keel.providers.fake_server import serve_fake_upstream
 from keel.providers.openai import OpenAIOptions, OpenAIProvider
 from keel.providers.openai_sse import SSEDecoder
-from tests.openai_schema import SPEC
+from tests.openai_schema import assert_valid
 
 USER = [{"role": "user", "content": "the quick brown fox"}]
 BODY = {"model": "public-name", "messages": USER}
 
 
-# -- validation against the official OpenAI schema ---------------------------------------------
-
-
-def _allow_null(node):
-    """The spec is OpenAPI 3.1 but still marks nullable fields the 3.0 way (`nullable: true`),
-    which JSON Schema 2020-12 ignores; without this, a chunk's `finish_reason: null` (what
-    OpenAI itself sends) would be rejected."""
-    if isinstance(node, list):
-        return [_allow_null(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    node = {key: _allow_null(value) for key, value in node.items()}
-    if node.pop("nullable", False):
-        return {"anyOf": [node, {"type": "null"}]}
-    return node
-
-
-@cache
-def _registry() -> Registry:
-    document = _allow_null(yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
-    return Registry().with_resource("openai", Resource(document, DRAFT202012))
-
-
-def assert_openai_valid(name: str, instance: dict) -> None:
-    """Assert `instance` validates against `components.schemas.<name>` of the OpenAI spec."""
-    schema = {"$ref": f"openai#/components/schemas/{name}"}
-    errors = list(Draft202012Validator(schema, registry=_registry()).iter_errors(instance))
-    assert not errors, f"{name} invalid: " + "; ".join(
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5]
-    )
-
-
 def assert_valid_completion(completion: dict) -> None:
-    assert_openai_valid("CreateChatCompletionResponse", completion)
+    assert_valid("CreateChatCompletionResponse", completion)
 
 
 def assert_valid_chunk(chunk: dict) -> None:
-    assert_openai_valid("CreateChatCompletionStreamResponse", chunk)
+    assert_valid("CreateChatCompletionStreamResponse", chunk)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -192,7 +155,8 @@ async def _chat_or_stream(request):
 async def test_what_is_sent_upstream():
     recorded = OddUpstream(_chat_or_stream)
     async with recorded as url:
-        provider = await _provider(url, api_key="k1", organization="org-1", headers={"X-Extra": "1"})
+        provider = await _provider(url, api_key="k1", organization="org-1",
+                                   headers={"X-Extra": "1"})
         body = {**BODY, "stream": True, "stream_options": {"include_obfuscation": False}}
         await _collect(provider, body, "upstream-model")
         await provider.chat({**BODY, "stream_options": {"include_usage": True}}, "upstream-model")
@@ -237,7 +201,8 @@ async def test_stream_yields_each_chunk_as_it_arrives(provider):
     start = time.perf_counter()
     first_content_at = None
     async for chunk in provider.stream(body, "slow-100"):
-        if first_content_at is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+        has_content = bool(chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
+        if first_content_at is None and has_content:
             first_content_at = time.perf_counter() - start
     total = time.perf_counter() - start
     assert total >= 0.5
@@ -411,3 +376,15 @@ async def test_session_is_pooled_and_closed(upstream):
     await asyncio.gather(*(provider.chat(BODY, "echo") for _ in range(20)))
     await provider.aclose()
     assert session.closed
+
+
+async def test_upstream_model_not_found_is_keels_config_not_the_clients():
+    error = {"error": {"message": "The model `gpt-9` does not exist", "type": "invalid_request_error",
+                       "param": None, "code": "model_not_found"}}
+    async with OddUpstream(_json(error, 404)) as url:
+        provider = await _provider(url)
+        with pytest.raises(UpstreamError) as info:
+            await provider.chat(BODY, "gpt-9")
+        await provider.aclose()
+    assert info.value.status == 502 and info.value.code == "upstream_model_not_found"
+    assert "keel.yaml" in info.value.message and "gpt-9" in info.value.message
