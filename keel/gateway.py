@@ -6,6 +6,7 @@ stack also works as a library: `async with Gateway(config) as gw: await gw.compl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -107,7 +108,9 @@ class Gateway:
             except Exception:  # closing one must not stop the others, nor the trace flush
                 log.exception("closing a provider failed")
         if self.recorder is not None:
-            self.recorder.close()
+            # Flushing waits on the database: keep the event loop free meanwhile.
+            await asyncio.to_thread(self.recorder.close)
+            self.recorder.store.close()
 
     def record(self, trace) -> None:
         if self.recorder is not None:

@@ -32,6 +32,12 @@ DROP_WARNING_EVERY_S = 10.0
 
 
 class TraceRecorder:
+    """Buffers finished traces and writes them to the store from one background thread.
+
+    `submit` is meant for the event loop's thread; `start`, `flush` and `close` for start-up,
+    tests and shutdown. `stats()` gives the counters: written, dropped, pending, errors.
+    """
+
     def __init__(self, store: Store, config: TracingConfig) -> None:
         self.store = store
         self.record_bodies = config.record_bodies
