@@ -83,6 +83,8 @@ class Planner:
         _refuse_unsupported(body)
         tool_mode, functions = _tool_mode(body)
         response_format = body.get("response_format") or {"type": "text"}
+        if tool_mode == "auto" and response_format.get("type", "text") != "text":
+            tool_mode, functions = "none", []  # one grammar per request: the asked-for format wins
         messages = render_messages(body.get("messages") or [])
         if functions:
             messages = _with_tool_instructions(messages, functions, forced=tool_mode == "forced")

@@ -72,3 +72,14 @@ def test_stop_filter_holds_back_partial_stops():
     stops = StopFilter(["END"])
     assert stops.push("xE") == ("x", False)
     assert stops.flush() == "E"
+
+
+def test_missing_extra_is_a_config_error_naming_it(monkeypatch):
+    import pytest
+
+    from keel.errors import ConfigError
+    from keel.providers.local_model import import_llama_cpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    with pytest.raises(ConfigError, match=r"pip install 'keel-llm\[local\]'"):
+        import_llama_cpp()
