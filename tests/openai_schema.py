@@ -9,11 +9,18 @@ import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi.yaml"
+import os
+
+# The project's shared/ folder sits beside the repository (as on CI); KEEL_OPENAPI_SPEC overrides.
+SPEC = Path(os.environ.get("KEEL_OPENAPI_SPEC")
+            or Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi.yaml")
 
 
 @cache
 def _registry() -> tuple[Registry, dict]:
+    if not SPEC.exists():
+        raise FileNotFoundError(
+            f"the OpenAI OpenAPI description is not at {SPEC}; set KEEL_OPENAPI_SPEC to its path")
     document = _nullable_to_null(yaml.safe_load(SPEC.read_text()))
     resource = Resource.from_contents(document, default_specification=_DRAFT)
     return Registry().with_resource("openai", resource), document

@@ -88,6 +88,8 @@ class Planner:
         messages = render_messages(body.get("messages") or [])
         if functions:
             messages = _with_tool_instructions(messages, functions, forced=tool_mode == "forced")
+        elif response_format.get("type") in ("json_object", "json_schema"):
+            messages = _with_json_instructions(messages, response_format)
         prompt, template_stops = self.format_prompt(messages)
         prompt_tokens = self.tokenize(prompt)
         grammar, reserve = self._grammar(response_format, tool_mode, functions)
@@ -249,7 +251,18 @@ def _with_tool_instructions(messages: list[dict], functions: list[dict], forced:
         lines.append(f"- {fn['name']}: {fn.get('description', '')} Parameters: {params}")
     if forced:
         lines.append("Call a tool now.")
-    text = "\n".join(lines)
+    return _with_system_text(messages, "\n".join(lines))
+
+
+def _with_json_instructions(messages: list[dict], response_format: dict) -> list[dict]:
+    # The grammar guarantees the shape; telling a small model the schema makes the values sensible.
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    text = "Answer with only a JSON object"
+    text += f" that matches this JSON schema: {compact_dumps(schema)}" if schema else "."
+    return _with_system_text(messages, text)
+
+
+def _with_system_text(messages: list[dict], text: str) -> list[dict]:
     if messages and messages[0]["role"] == "system":
         first = {"role": "system", "content": messages[0]["content"] + "\n\n" + text}
         return [first, *messages[1:]]
