@@ -109,6 +109,12 @@ async def measure(targets: dict[str, str], requests: int, warmup: int) -> dict:
     return results
 
 
+async def trace_stats(url: str) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as r:
+            return (await r.json())["traces"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
@@ -134,6 +140,8 @@ def main() -> None:
             "keel": f"http://127.0.0.1:{keel}/v1/chat/completions",
         }
         results = asyncio.run(measure(targets, opts.requests, opts.warmup))
+        time.sleep(1)  # let the trace writer catch up before reading its counters
+        results["keel_traces"] = asyncio.run(trace_stats(f"http://127.0.0.1:{keel}/readyz"))
     finally:
         for p in procs:
             p.terminate()
@@ -143,6 +151,7 @@ def main() -> None:
 
 
 def report(results: dict, opts) -> None:
+    traces = results.pop("keel_traces")
     table = Table(title=f"Gateway overhead ({opts.requests} requests per cell, {os.cpu_count()} cores)")
     for col in ("concurrency", "target", "p50 ms", "p90 ms", "p99 ms", "req/s", "added p50 ms"):
         table.add_column(col, justify="right")
@@ -157,10 +166,13 @@ def report(results: dict, opts) -> None:
     summary = {
         "added_p50_ms_c1": keel1["p50_ms"] - results[1]["direct"]["p50_ms"],
         "keel_rps_c16": keel16["rps"],
+        "traces": traces,
         "targets": {"added_p50_ms_c1": 1.0, "keel_rps_c16": 1500},
     }
     print(f"Keel adds {summary['added_p50_ms_c1']:.3f} ms at p50 (c=1), target <= 1 ms; "
           f"serves {summary['keel_rps_c16']:.0f} req/s at c=16, target >= 1500.")
+    print(f"Traces: {traces['written']} written, {traces['dropped']} dropped, "
+          f"{traces['errors']} errors, {traces['pending']} pending.")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "overhead.json").write_text(json.dumps({"results": results, "summary": summary}, indent=2))
