@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from pydantic import ValidationError
 from jsonschema import Draft202012Validator
 
 from keel.errors import InvalidRequest, UpstreamError, UpstreamRateLimited
@@ -43,7 +44,7 @@ def content_of(chunks: list[dict]) -> str:
 
 def test_registered_as_kind_fake():
     assert provider_class("fake") is FakeProvider
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="slow_mz"):
         FakeOptions(slow_mz=1)
 
 

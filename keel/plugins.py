@@ -1,0 +1,42 @@
+"""Find Keel's pluggable parts by name: providers (`keel.providers`) and layers (`keel.layers`).
+
+Third-party packages add their own through these entry point groups. The built-ins are listed
+here too, so a source checkout works before `pip install -e`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+
+from keel.errors import ConfigError
+
+_BUILTIN = {
+    "keel.providers": {
+        "openai": "keel.providers.openai:OpenAIProvider",
+        "local": "keel.providers.local:LocalProvider",
+        "fake": "keel.providers.fake:FakeProvider",
+    },
+    "keel.layers": {
+        "json_mode": "keel.consistency.json_mode:JSONModeLayer",
+    },
+}
+
+
+@cache
+def available(group: str) -> dict[str, str]:
+    """name -> "module:attribute" for every plug-in of `group`."""
+    found = dict(_BUILTIN.get(group, {}))
+    for ep in entry_points(group=group):
+        found[ep.name] = ep.value
+    return found
+
+
+def load(group: str, name: str, what: str) -> type:
+    target = available(group).get(name)
+    if target is None:
+        known = ", ".join(sorted(available(group)))
+        raise ConfigError(f"unknown {what} {name!r}; expected one of: {known}")
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
