@@ -51,6 +51,20 @@ class ProviderConfig(BaseModel):
     kind: str
 
 
+class EmbedderConfig(BaseModel):
+    """`kind` picks the embedder class; the other keys are that class's own `Options`."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
+class ToolConfig(BaseModel):
+    """`kind` (http, python, mcp) picks the tool class; the other keys are its own `Options`."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+
+
 class LayerSpec(Strict):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -77,8 +91,25 @@ class ModelConfig(Strict):
     model: str | None = Field(None, description="the provider's name for it; default: the key")
     defaults: dict[str, Any] = Field(default_factory=dict)
     pipeline: list[LayerSpec] | None = None
+    knowledge: dict[str, Any] | None = Field(None, description="options of the knowledge layer")
+    tools: list[str] | dict[str, Any] | None = Field(None, description="tools Keel runs for it")
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
+
+    def grounding_layers(self) -> list[tuple[str, LayerSpec]]:
+        """(field, layer) for `knowledge:` and `tools:`, in the order they run."""
+        found = []
+        if self.knowledge is not None:
+            found.append(("knowledge", LayerSpec(name="knowledge", options=self.knowledge)))
+        if self.tools is not None:
+            options = {"tools": self.tools} if isinstance(self.tools, list) else self.tools
+            found.append(("tools", LayerSpec(name="tools", options=options)))
+        return found
+
+    def layer_specs(self, default: list[LayerSpec]) -> list[LayerSpec]:
+        """Grounding first (retrieve, then the tools loop), then the model's or default layers."""
+        grounding = [spec for _, spec in self.grounding_layers()]
+        return grounding + (self.pipeline if self.pipeline is not None else default)
 
 
 class KeelConfig(Strict):
@@ -88,6 +119,8 @@ class KeelConfig(Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    embedders: dict[str, EmbedderConfig] = Field(default_factory=dict)
+    tools: dict[str, ToolConfig] = Field(default_factory=dict)
     pipeline: list[LayerSpec] = Field(default_factory=lambda: [LayerSpec(name="json_mode")])
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
@@ -102,6 +135,10 @@ class KeelConfig(Strict):
                     f"(providers: {known})"
                 )
         return self
+
+    def embedder_configs(self) -> dict[str, EmbedderConfig]:
+        """The configured embedders, plus the embedded default `minilm` unless redefined."""
+        return {"minilm": EmbedderConfig(kind="local"), **self.embedders}
 
     def database_url(self) -> str:
         if self.store.url:
@@ -141,6 +178,7 @@ def load_config(path: str | os.PathLike | None = None) -> KeelConfig:
 def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> None:
     """Check each provider's and layer's own options now, so start-up fails early and clearly."""
     from keel.pipeline.layer import layer_class
+    from keel.plugins import load
     from keel.providers.registry import provider_class
 
     for name, provider in config.providers.items():
@@ -150,16 +188,37 @@ def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> N
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
         _check_options(cls.Options, provider.model_extra or {}, path, where)
-    layer_lists = [("pipeline", config.pipeline)] + [
-        (f"models.{m}.pipeline", c.pipeline) for m, c in config.models.items() if c.pipeline
-    ]
-    for where, specs in layer_lists:
-        for i, spec in enumerate(specs):
-            try:
-                cls = layer_class(spec.name)
-            except ConfigError as exc:
-                raise ConfigError(f"{path}: {where}[{i}]: {exc.message}") from None
-            _check_options(cls.Options, spec.options, path, f"{where}[{i}].{spec.name}")
+    for name, embedder in config.embedders.items():
+        where = f"embedders.{name}"
+        try:
+            cls = load("keel.embedders", embedder.kind, "embedder kind")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
+        _check_options(cls.Options, embedder.model_extra or {}, path, where)
+    for name, tool in config.tools.items():
+        where = f"tools.{name}"
+        try:
+            cls = load("keel.tools", tool.kind, "tool kind")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
+        _check_options(cls.Options, tool.model_extra or {}, path, where)
+    for where, spec in _layer_places(config):
+        try:
+            cls = layer_class(spec.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where}: {exc.message}") from None
+        _check_options(cls.Options, spec.options, path, where)
+
+
+def _layer_places(config: KeelConfig):
+    """(where in the file, spec) for every layer the config names."""
+    for i, spec in enumerate(config.pipeline):
+        yield f"pipeline[{i}].{spec.name}", spec
+    for name, model in config.models.items():
+        for key, spec in model.grounding_layers():
+            yield f"models.{name}.{key}", spec
+        for i, spec in enumerate(model.pipeline or ()):
+            yield f"models.{name}.pipeline[{i}].{spec.name}", spec
 
 
 def _check_options(options_cls: type[BaseModel], values: dict, path, where: str) -> None:

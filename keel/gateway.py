@@ -15,6 +15,8 @@ from keel.errors import ModelNotFound
 from keel.pipeline import Context, Route, Trace
 from keel.pipeline.request import validate_chat_request
 from keel.pipeline.assemble import build_chain, make_layer
+from keel.pipeline.runtime import Runtime
+from keel.plugins import load
 from keel.providers.registry import provider_class
 
 log = logging.getLogger("keel")
@@ -27,6 +29,8 @@ class Gateway:
             name: _make_provider(name, spec.kind, spec.model_extra or {})
             for name, spec in config.providers.items()
         }
+        self.runtime = Runtime(config, self._make_embedder)
+        self.layers: list = []
         self.routes = self._build_routes()
         self.recorder = None
         self.ready = False
@@ -35,14 +39,15 @@ class Gateway:
         created = int(time.time())
         routes = {}
         for name, spec in self.config.models.items():
-            layers = spec.pipeline if spec.pipeline is not None else self.config.pipeline
+            layers = [self._layer(s) for s in spec.layer_specs(self.config.pipeline)]
+            self.layers.extend(layers)
             routes[name] = Route(
                 name=name,
                 provider_name=spec.provider,
                 provider=self.providers[spec.provider],
                 upstream_model=spec.model or name,
                 defaults=dict(spec.defaults),
-                handler=build_chain([_layer(s) for s in layers]),
+                handler=build_chain(layers),
                 created=created,
                 owned_by=spec.provider,
             )
@@ -89,19 +94,40 @@ class Gateway:
             trace.finish(status)
             self.record(trace)
 
+    def _layer(self, spec: LayerSpec):
+        return make_layer(spec.name, spec.options, self.runtime)
+
+    def _make_embedder(self, name: str):
+        spec = self.config.embedder_configs().get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.config.embedder_configs()))
+            raise ModelNotFound(f"no embedder named {name!r} (embedders: {known})", param="model")
+        cls = load("keel.embedders", spec.kind, "embedder kind")
+        return cls(name, cls.Options.model_validate(spec.model_extra or {}))
+
     async def start(self) -> None:
         if self.config.tracing.enabled:
             from keel.ops.traces import TraceRecorder
-            from keel.store import open_store
 
-            self.recorder = TraceRecorder(open_store(self.config.database_url()), self.config.tracing)
+            self.recorder = TraceRecorder(self.runtime.store, self.config.tracing)
             self.recorder.start()
         for provider in self.providers.values():
             await provider.start()
+        for layer in self.layers:
+            start = getattr(layer, "start", None)
+            if start is not None:
+                await start()
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
+        for layer in self.layers:
+            aclose = getattr(layer, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing layer %s failed", layer.name)
         for provider in self.providers.values():
             try:
                 await provider.aclose()
@@ -110,7 +136,7 @@ class Gateway:
         if self.recorder is not None:
             # Flushing waits on the database: keep the event loop free meanwhile.
             await asyncio.to_thread(self.recorder.close)
-            self.recorder.store.close()
+        await self.runtime.aclose()
 
     def record(self, trace) -> None:
         if self.recorder is not None:
@@ -127,7 +153,3 @@ class Gateway:
 def _make_provider(name: str, kind: str, options: dict):
     cls = provider_class(kind)
     return cls(name, cls.Options.model_validate(options))
-
-
-def _layer(spec: LayerSpec):
-    return make_layer(spec.name, spec.options)

@@ -1,4 +1,6 @@
-"""Find Keel's pluggable parts by name: providers (`keel.providers`) and layers (`keel.layers`).
+"""Find Keel's pluggable parts by name: providers, layers, embedders and tool kinds.
+
+Each is an entry point group: `keel.providers`, `keel.layers`, `keel.embedders`, `keel.tools`.
 
 Third-party packages add their own through these entry point groups. The built-ins are listed
 here too, so a source checkout works before `pip install -e`.
@@ -20,6 +22,18 @@ _BUILTIN = {
     },
     "keel.layers": {
         "json_mode": "keel.consistency.json_mode:JSONModeLayer",
+        "knowledge": "keel.grounding.knowledge_layer:KnowledgeLayer",
+        "tools": "keel.grounding.tools.layer:ToolsLayer",
+    },
+    "keel.embedders": {
+        "local": "keel.embeddings.local:LocalEmbedder",
+        "openai": "keel.embeddings.openai:OpenAIEmbedder",
+        "fake": "keel.embeddings.fake:FakeEmbedder",
+    },
+    "keel.tools": {
+        "http": "keel.grounding.tools.http:HTTPTool",
+        "python": "keel.grounding.tools.python:PythonTool",
+        "mcp": "keel.grounding.tools.mcp:MCPTool",
     },
 }
 

@@ -59,7 +59,7 @@ def test_defaults_serve_the_embedded_model():
          "providers.f.api_key: secrets are read from the environment"),
         ("providers:\n  f: {kind: openai, base_url: '${KEEL_TEST_UNSET_VAR}'}\n",
          "providers.f.base_url: environment variable KEEL_TEST_UNSET_VAR is not set"),
-        ("pipeline: [nolayer]\n", "pipeline[0]: unknown layer 'nolayer'"),
+        ("pipeline: [nolayer]\n", "pipeline[0].nolayer: unknown layer 'nolayer'"),
         ("pipeline: [json_mode: {repair_attempts: 9}]\n",
          "pipeline[0].json_mode.repair_attempts: Input should be less than or equal to 5"),
         ("providers: [\n", "not valid YAML"),

@@ -29,7 +29,7 @@ class JSONModeLayer:
     name = "json_mode"
     Options = JSONModeOptions
 
-    def __init__(self, options: JSONModeOptions) -> None:
+    def __init__(self, options: JSONModeOptions, runtime=None) -> None:
         self.repair_attempts = options.repair_attempts
 
     async def __call__(self, ctx: Context, next: Next) -> Result:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from keel.pipeline.context import Context, Result
 from keel.pipeline.layer import Layer, Next, layer_class
 from keel.pipeline.trace import Span
 
 
-def make_layer(name: str, options: dict) -> Layer:
+def make_layer(name: str, options: dict, runtime: Any = None) -> Layer:
     cls = layer_class(name)
-    return cls(cls.Options.model_validate(options))
+    return cls(cls.Options.model_validate(options), runtime)
 
 
 def build_chain(layers: list[Layer]) -> Next:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, ClassVar, Protocol
+from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,10 +19,14 @@ class LayerOptions(BaseModel):
 
 
 class Layer(Protocol):
+    """A step of the request path. `runtime` (a `keel.pipeline.runtime.Runtime`) gives access to
+    the store and embedders; a layer that holds resources may also define `async start()` and
+    `async aclose()`, which the gateway calls once."""
+
     name: ClassVar[str]
     Options: ClassVar[type[LayerOptions]]
 
-    def __init__(self, options: LayerOptions) -> None: ...
+    def __init__(self, options: LayerOptions, runtime: Any) -> None: ...
 
     async def __call__(self, ctx: Context, next: Next) -> Result: ...
 

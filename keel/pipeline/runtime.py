@@ -1,0 +1,52 @@
+"""What layers share at run time: the store and the embedders, opened once by the gateway.
+
+A layer receives the `Runtime` when it is built and may use it from `start()` on. Resources are
+opened lazily, so a gateway whose layers need no store or embedder pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+
+class Runtime:
+    def __init__(self, config, embedder_factory: Callable[[str], Any] | None = None):
+        self.config = config  # keel.config.KeelConfig: layers read their registries from it
+        self.database_url = config.database_url()
+        self._store = None
+        self._embedder_factory = embedder_factory
+        self._embedders: dict[str, Any] = {}
+        self._embedder_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def store(self):
+        """The store (SQLAlchemy engine, migrated to head), opened on first use."""
+        if self._store is None:
+            from keel.store import open_store
+
+            self._store = open_store(self.database_url)
+        return self._store
+
+    async def embedder(self, name: str):
+        """A started embedder by its name in keel.yaml (`embedders:`), loaded on first use."""
+        embedder = self._embedders.get(name)
+        if embedder is not None:
+            return embedder
+        lock = self._embedder_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name not in self._embedders:
+                if self._embedder_factory is None:
+                    raise LookupError("this runtime has no embedders")
+                embedder = self._embedder_factory(name)
+                await embedder.start()
+                self._embedders[name] = embedder
+        return self._embedders[name]
+
+    async def aclose(self) -> None:
+        for embedder in self._embedders.values():
+            await embedder.aclose()
+        self._embedders.clear()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
