@@ -16,7 +16,6 @@ from keel.pipeline import Context, Route, Trace
 from keel.pipeline.request import validate_chat_request
 from keel.pipeline.assemble import build_chain, make_layer
 from keel.pipeline.runtime import Runtime
-from keel.plugins import load
 from keel.providers.registry import provider_class
 
 log = logging.getLogger("keel")
@@ -29,7 +28,7 @@ class Gateway:
             name: _make_provider(name, spec.kind, spec.model_extra or {})
             for name, spec in config.providers.items()
         }
-        self.runtime = Runtime(config, self._make_embedder)
+        self.runtime = Runtime(config)
         self.layers: list = []
         self.routes = self._build_routes()
         self.recorder = None
@@ -96,14 +95,6 @@ class Gateway:
 
     def _layer(self, spec: LayerSpec):
         return make_layer(spec.name, spec.options, self.runtime)
-
-    def _make_embedder(self, name: str):
-        spec = self.config.embedder_configs().get(name)
-        if spec is None:
-            known = ", ".join(sorted(self.config.embedder_configs()))
-            raise ModelNotFound(f"no embedder named {name!r} (embedders: {known})", param="model")
-        cls = load("keel.embedders", spec.kind, "embedder kind")
-        return cls(name, cls.Options.model_validate(spec.model_extra or {}))
 
     async def start(self) -> None:
         if self.config.tracing.enabled:

@@ -14,7 +14,16 @@ class Runtime:
     def __init__(self, config, embedder_factory: Callable[[str], Any] | None = None):
         self.config = config  # keel.config.KeelConfig: layers read their registries from it
         self.database_url = config.database_url()
+        # One object per layer package that several layer instances share (e.g. the tool
+        # registry: one MCP server process for every model that offers its tools).
+        self.shared: dict[str, Any] = {}
         self._store = None
+        if embedder_factory is None:
+            from functools import partial
+
+            from keel.embeddings.registry import make_embedder
+
+            embedder_factory = partial(make_embedder, config)
         self._embedder_factory = embedder_factory
         self._embedders: dict[str, Any] = {}
         self._embedder_locks: dict[str, asyncio.Lock] = {}
@@ -36,8 +45,6 @@ class Runtime:
         lock = self._embedder_locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name not in self._embedders:
-                if self._embedder_factory is None:
-                    raise LookupError("this runtime has no embedders")
                 embedder = self._embedder_factory(name)
                 await embedder.start()
                 self._embedders[name] = embedder
