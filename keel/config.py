@@ -19,7 +19,7 @@ from keel.errors import ConfigError
 
 DEFAULT_STATE_DIR = Path(".keel")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_KEYS = {"api_key", "password", "secret", "token"}
+_SECRET_KEYS = {"api_key", "password", "secret", "token", "authorization", "proxy_authorization"}
 
 
 class Strict(BaseModel):
@@ -126,7 +126,7 @@ class KeelConfig(Strict):
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
 
     @model_validator(mode="after")
-    def _models_name_known_providers(self) -> KeelConfig:
+    def _models_name_known_parts(self) -> KeelConfig:
         for name, model in self.models.items():
             if model.provider not in self.providers:
                 known = ", ".join(sorted(self.providers)) or "none defined"
@@ -134,6 +134,15 @@ class KeelConfig(Strict):
                     f"models.{name}.provider: unknown provider {model.provider!r} "
                     f"(providers: {known})"
                 )
+            tools = model.tools if isinstance(model.tools, list) else (model.tools or {}).get(
+                "tools", [])
+            for tool in tools if isinstance(tools, list) else ():
+                if tool not in self.tools:
+                    known = ", ".join(sorted(self.tools)) or "none defined"
+                    raise ValueError(
+                        f"models.{name}.tools: unknown tool {tool!r} (the top-level tools: "
+                        f"defines {known})"
+                    )
         return self
 
     def embedder_configs(self) -> dict[str, EmbedderConfig]:
@@ -274,4 +283,5 @@ def _expand_env(value: Any, path: Path, where: tuple[str, ...]) -> Any:
 
 
 def _is_secret(key: str) -> bool:
+    key = key.lower().replace("-", "_")  # HTTP header names too: Authorization, X-Api-Key
     return key in _SECRET_KEYS or key.endswith(("_key", "_token", "_secret", "_password"))

@@ -92,3 +92,17 @@ def test_serve_with_a_bad_config_exits_2_with_one_clean_line(tmp_path):
     assert result.returncode == 2
     assert "keel.yaml: models.m.modle: unknown field" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_model_tools_must_be_defined(tmp_path):
+    path = write(tmp_path, "providers:\n  f: {kind: fake}\nmodels:\n  m: {provider: f, tools: [nope]}\n")
+    with pytest.raises(ConfigError, match=r"models.m.tools: unknown tool 'nope'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Api-Key", "x-auth-token"])
+def test_secret_headers_must_come_from_the_environment(tmp_path, header):
+    path = write(tmp_path, "tools:\n  t:\n    kind: http\n    url: http://127.0.0.1:1/x\n"
+                           f"    headers: {{{header}: literal-secret}}\n")
+    with pytest.raises(ConfigError, match=f"tools.t.headers.{header}: secrets are read"):
+        load_config(path)

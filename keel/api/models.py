@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from keel.api.embeddings import embedding_models
 from keel.api.errors import error_response
 from keel.api.keys import GATEWAY
 from keel.errors import KeelError
@@ -14,17 +15,26 @@ def _model(route: Route) -> dict:
     return {"id": route.name, "object": "model", "created": route.created, "owned_by": route.owned_by}
 
 
+def _all_models(gateway) -> list[dict]:
+    """Chat models, then embedders (usable on /v1/embeddings), as OpenAI lists both."""
+    return [_model(r) for r in gateway.routes.values()] + embedding_models(gateway)
+
+
 async def list_models(request: web.Request) -> web.Response:
-    routes = request.app[GATEWAY].routes.values()
-    return web.json_response({"object": "list", "data": [_model(r) for r in routes]})
+    return web.json_response({"object": "list", "data": _all_models(request.app[GATEWAY])})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    model_id = request.match_info["model_id"]
+    for model in _all_models(gateway):
+        if model["id"] == model_id:
+            return web.json_response(model)
     try:
-        route = request.app[GATEWAY].route(request.match_info["model_id"])
+        gateway.route(model_id)  # raises the OpenAI-shaped 404
     except KeelError as exc:
         return error_response(exc)
-    return web.json_response(_model(route))
+    raise AssertionError("unreachable: the model was not in the list")
 
 
 async def healthz(request: web.Request) -> web.Response:

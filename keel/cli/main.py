@@ -29,12 +29,12 @@ def cli() -> None:
 
 def _register() -> None:
     from keel.cli.fake_upstream import fake_upstream
+    from keel.cli.knowledge import collections, ingest, search
     from keel.cli.serve import serve
     from keel.cli.traces import traces
 
-    cli.add_command(serve)
-    cli.add_command(fake_upstream)
-    cli.add_command(traces)
+    for command in (serve, ingest, search, collections, traces, fake_upstream):
+        cli.add_command(command)
 
 
 _register()

@@ -37,7 +37,7 @@ from keel.providers.local_request import Plan, SamplingDefaults
 
 # Bump when Keel's own decoding changes what the engine writes for the same request (grammars,
 # closing mode, sampler chain): it is part of the fingerprint.
-DECODING_REVISION = 2
+DECODING_REVISION = 3
 
 
 class LocalOptions(ProviderOptions):

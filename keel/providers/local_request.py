@@ -272,25 +272,36 @@ def _with_system_text(messages: list[dict], text: str) -> list[dict]:
 def render_messages(messages: list[dict]) -> list[dict]:
     """OpenAI messages -> plain {role, content: str} for a chat template."""
     out = []
+    names = _call_names(messages)
     for i, message in enumerate(messages):
         role = message.get("role")
         content = _text(message.get("content"), f"messages[{i}].content")
         if role == "developer":
             role = "system"
         elif role in ("tool", "function"):
-            # Chat templates of small models know no tool role: show the result as a user turn.
-            ref = message.get("tool_call_id") or message.get("name") or "tool"
-            role, content = "user", f"Result of tool call {ref}:\n{content}"
+            # Chat templates of small models know no tool role: show the result as a user turn,
+            # named after the function (the call id means nothing to the model).
+            ref = names.get(message.get("tool_call_id")) or message.get("name") or "the tool"
+            role, content = "user", f"Result of {ref}:\n{content}"
         if role == "assistant" and message.get("tool_calls"):
+            # Prose, not the call's JSON: shown JSON, a small model copies it as its answer.
             calls = [_call_text(call) for call in message["tool_calls"]]
             content = "\n".join(filter(None, [content, *calls]))
         out.append({"role": role, "content": content})
     return out
 
 
+def _call_names(messages: list[dict]) -> dict[str, str]:
+    return {
+        call.get("id"): (call.get("function") or {}).get("name")
+        for m in messages if m.get("role") == "assistant"
+        for call in m.get("tool_calls") or ()
+    }
+
+
 def _call_text(call: dict) -> str:
     fn = call.get("function") or {}
-    return '{"name":%s,"arguments":%s}' % (compact_dumps(fn.get("name", "")), fn.get("arguments") or "{}")
+    return f"I called {fn.get('name', 'a tool')} with {fn.get('arguments') or '{}'}."
 
 
 def _text(content, where: str) -> str:

@@ -38,3 +38,63 @@ traces = sa.Table(
     sa.Index("ix_traces_created_at", "created_at"),
     sa.Index("ix_traces_model", "model"),
 )
+
+# -- knowledge store (migration 0002_knowledge) ---------------------------------------------
+# Full-text indexes live outside these tables and are created per dialect by the migration:
+# SQLite an FTS5 table `knowledge_fts` (external content = knowledge_chunks, kept in step by
+# triggers); PostgreSQL a generated `tsv` tsvector column on knowledge_chunks with a GIN index.
+
+knowledge_collections = sa.Table(
+    "knowledge_collections",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("embedder", sa.String(200), nullable=False, comment="embedder name in keel.yaml"),
+    sa.Column("fingerprint", sa.String(200), nullable=False, comment="embedder fingerprint"),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False, comment="changes iff content does"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+knowledge_documents = sa.Table(
+    "knowledge_documents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "collection_id", sa.Integer,
+        sa.ForeignKey("knowledge_collections.id", ondelete="CASCADE"), nullable=False,
+    ),
+    sa.Column("doc_id", sa.String(1000), nullable=False, comment="the id users see"),
+    sa.Column("source", sa.String(1000)),
+    sa.Column("title", sa.String(1000)),
+    sa.Column("path", sa.String(1000), comment="file it was ingested from; NULL if added by API"),
+    sa.Column("file_hash", sa.String(64), comment="hash of that file when ingested"),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("metadata", Json),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("collection_id", "doc_id", name="uq_knowledge_documents_doc"),
+    sa.Index("ix_knowledge_documents_path", "collection_id", "path"),
+)
+
+knowledge_chunks = sa.Table(
+    "knowledge_chunks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "collection_id", sa.Integer,
+        sa.ForeignKey("knowledge_collections.id", ondelete="CASCADE"), nullable=False,
+    ),
+    sa.Column(
+        "document_id", sa.Integer,
+        sa.ForeignKey("knowledge_documents.id", ondelete="CASCADE"), nullable=False,
+    ),
+    sa.Column("ordinal", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("location", sa.String(1000)),
+    sa.Column("tokens", sa.Integer),
+    sa.Column("metadata", Json),
+    sa.Column("embedding", sa.LargeBinary, nullable=False, comment="float32, little-endian"),
+    sa.Index("ix_knowledge_chunks_collection", "collection_id"),
+    sa.Index("ix_knowledge_chunks_document", "document_id"),
+)

@@ -33,7 +33,7 @@ def client(base_url):
 
 
 def test_serves_smollm2_by_default_with_state_in_dot_keel(client, workdir):
-    assert [m.id for m in client.models.list()] == ["smollm2"]
+    assert [m.id for m in client.models.list()] == ["smollm2", "minilm"]
     assert (workdir / ".keel" / "keel.db").exists()
 
 

@@ -1,0 +1,122 @@
+"""The `python` tool: an importable function; its signature is the schema, its docstring the
+description.
+
+Arguments are validated and coerced by pydantic from the type hints (`Annotated[int,
+Field(description=...)]` documents a parameter). A sync function runs in a worker thread so it
+cannot stall the event loop; an async one is awaited. A `str` result is returned as is, anything
+else as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, get_type_hints
+
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from keel.errors import ConfigError
+from keel.grounding.tools.base import ToolError, ToolOptions, function_definition
+
+
+class PythonOptions(ToolOptions):
+    function: str = Field(pattern=r"^[\w.]+:[\w.]+$", description='"package.module:function"')
+    description: str | None = Field(None, description="default: the function's docstring")
+    timeout_s: float | None = Field(None, gt=0, description="the model hears of a timeout")
+
+
+class PythonTool:
+    """One function backed by a Python callable."""
+
+    kind: ClassVar[str] = "python"
+    Options: ClassVar[type[ToolOptions]] = PythonOptions
+
+    def __init__(self, name: str, options: PythonOptions) -> None:
+        self.name = name
+        self.options = options
+        self._function: Callable | None = None
+        self._model: type[BaseModel] | None = None
+
+    async def start(self) -> None:
+        if self._function is None:
+            self._function = import_function(self.options.function, self.name)
+            self._model = arguments_model(self._function)
+
+    async def aclose(self) -> None:
+        pass
+
+    def definitions(self) -> list[dict]:
+        function, model = self._loaded()
+        description = self.options.description or inspect.getdoc(function) or ""
+        return [function_definition(self.name, description, parameters_schema(model))]
+
+    async def call(self, function_name: str, arguments: dict) -> str:
+        function, model = self._loaded()
+        try:
+            parsed = model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(f"invalid arguments: {_problems(exc)}") from None
+        # Attributes, not model_dump(): nested pydantic/dataclass arguments keep their types.
+        kwargs = {name: getattr(parsed, name) for name in model.model_fields}
+        if inspect.iscoroutinefunction(function):
+            pending = function(**kwargs)
+        else:
+            pending = asyncio.to_thread(function, **kwargs)
+        try:
+            result = await asyncio.wait_for(pending, self.options.timeout_s)
+        except TimeoutError:
+            raise ToolError(f"no result within {self.options.timeout_s:g} s") from None
+        return result if isinstance(result, str) else pydantic_core.to_json(result).decode()
+
+    def _loaded(self) -> tuple[Callable, type[BaseModel]]:
+        if self._function is None or self._model is None:
+            raise RuntimeError(f"tool {self.name!r} is not started")
+        return self._function, self._model
+
+
+def import_function(target: str, tool_name: str) -> Callable:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"tools.{tool_name}.function: cannot import {target!r}: {exc}") from None
+    if not callable(obj):
+        raise ConfigError(f"tools.{tool_name}.function: {target!r} is not callable")
+    return obj
+
+
+def arguments_model(function: Callable) -> type[BaseModel]:
+    """A pydantic model of the function's parameters (`*args` / `**kwargs` are not offered)."""
+    hints = get_type_hints(function, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(function).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (annotation, default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{function.__name__}_arguments", __config__=config, **fields)
+
+
+def parameters_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema without pydantic's generated titles (noise in a prompt)."""
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in (schema.get("properties") or {}).values():
+        prop.pop("title", None)
+    schema.setdefault("properties", {})
+    return schema
+
+
+def _problems(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
