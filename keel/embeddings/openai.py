@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from keel import __version__
 from keel.embeddings.base import EmbedderOptions, Embeddings
 from keel.embeddings.vectors import l2_normalise
-from keel.errors import KeelError, UpstreamError, UpstreamTimeout
+from keel.errors import UpstreamError, UpstreamTimeout
 from keel.providers.openai_errors import http_error
 
 
@@ -104,9 +104,8 @@ class OpenAIEmbedder:
             async with self._session.post(self.url, data=orjson.dumps(body)) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise _for_embeddings(
-                        http_error(self.name, self.base_url, resp.status, raw, resp.headers)
-                    )
+                    raise http_error(self.name, self.base_url, resp.status, raw, resp.headers,
+                                     path="/embeddings")
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except aiohttp.ClientConnectorError as exc:
@@ -168,11 +167,3 @@ def _vector(value) -> np.ndarray:
     if isinstance(value, str):
         return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
     return np.asarray(value, dtype=np.float32)
-
-
-def _for_embeddings(error: KeelError) -> KeelError:
-    """The shared mapper words a wrong base_url for /chat/completions; say /embeddings."""
-    if "/chat/completions" in error.message:
-        error.message = error.message.replace("/chat/completions", "/embeddings")
-        error.args = (error.message,)
-    return error

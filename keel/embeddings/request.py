@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from keel.errors import InvalidRequest, UnsupportedParameter
-from keel.pipeline.request import _invalid
+from keel.pipeline.request import invalid_request
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
@@ -41,7 +41,7 @@ def validate_embedding_request(body) -> EmbeddingRequest:
     try:
         request = msgspec.convert(body, EmbeddingRequest)
     except msgspec.ValidationError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid_request(str(exc)) from None
     if isinstance(request.input, list) and not all(isinstance(t, str) for t in request.input):
         raise UnsupportedParameter(
             "input as token arrays is not supported: Keel's embedders use their own "

@@ -25,6 +25,7 @@ INSTRUCTION = (
     "use with their numbers in square brackets, like [1]. If the sources do not contain the "
     "answer, say that you do not know."
 )
+USER_INSTRUCTION = "Using only the sources above, and citing them like [1], answer: "
 NOTHING_FOUND = (
     "No relevant information was found in the knowledge base for the user's question. Say "
     "that you do not know; do not guess."
@@ -46,6 +47,10 @@ class KnowledgeOptions(LayerOptions):
     filters: dict[str, Any] = Field(default_factory=dict)
     rewrite_query: bool = False
     max_source_chars: int = Field(1500, ge=100)
+    placement: str = Field(
+        "system", pattern="^(system|user)$", description="where the sources go: the system "
+        "message (best for capable models) or the latest user message, right before the "
+        "question (better for very small models)")
 
 
 class KnowledgeLayer:
@@ -60,9 +65,9 @@ class KnowledgeLayer:
     @property
     def kb(self):
         if self._kb is None:
-            from keel.grounding.knowledge import KnowledgeBase
+            from keel.grounding.knowledge.knowledge import knowledge_base
 
-            self._kb = self.runtime.shared.setdefault("knowledge", KnowledgeBase(self.runtime))
+            self._kb = knowledge_base(self.runtime)
         return self._kb
 
     async def start(self) -> None:
@@ -149,18 +154,27 @@ async def _cite_stream(chunks: AsyncIterator[dict], sources: list) -> AsyncItera
 
 
 def _grounded(messages: list[dict], sources: list, opts: KnowledgeOptions) -> list[dict]:
-    if sources:
-        listing = "\n\n".join(_source_text(i, h, opts.max_source_chars)
-                              for i, h in enumerate(sources, start=1))
-        text = f"{INSTRUCTION}\n\nSources:\n\n{listing}"
-    else:
-        text = NOTHING_FOUND
+    listing = "\n\n".join(_source_text(i, h, opts.max_source_chars)
+                          for i, h in enumerate(sources, start=1))
+    if opts.placement == "user":
+        return _in_last_user_message(messages, listing)
+    text = f"{INSTRUCTION}\n\nSources:\n\n{listing}" if sources else NOTHING_FOUND
     # One system message at the top: small models' chat templates honour only the first.
     if messages and messages[0].get("role") in ("system", "developer"):
         first = dict(messages[0])
         first["content"] = f"{_text(first.get('content'))}\n\n{text}"
         return [first, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+def _in_last_user_message(messages: list[dict], listing: str) -> list[dict]:
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    question = _text(messages[last].get("content"))
+    if listing:
+        text = f"Sources:\n\n{listing}\n\n{USER_INSTRUCTION}{question}"
+    else:
+        text = f"{NOTHING_FOUND}\n\nQuestion: {question}"
+    return [*messages[:last], {**messages[last], "content": text}, *messages[last + 1:]]
 
 
 def _source_text(index: int, hit, limit: int) -> str:

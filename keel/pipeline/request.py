@@ -173,7 +173,7 @@ def validate_chat_request(body: Any) -> ChatCompletionRequest:
     try:
         request = msgspec.convert(body, ChatCompletionRequest)
     except msgspec.ValidationError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid_request(str(exc)) from None
     if request.stream_options is not None and not request.stream:
         raise InvalidRequest(
             "stream_options is only allowed when stream is true", param="stream_options"
@@ -184,7 +184,7 @@ def validate_chat_request(body: Any) -> ChatCompletionRequest:
 _ROLES = "system, developer, user, assistant, tool"
 
 
-def _invalid(text: str) -> InvalidRequest:
+def invalid_request(text: str) -> InvalidRequest:
     param = None
     at = _AT.search(text)
     if at:

@@ -31,7 +31,10 @@ from keel.errors import (
 )
 
 
-def http_error(name: str, base_url: str, status: int, raw: bytes, headers: Mapping) -> KeelError:
+def http_error(
+    name: str, base_url: str, status: int, raw: bytes, headers: Mapping,
+    path: str = "/chat/completions",
+) -> KeelError:
     """The Keel error for an upstream answer with an HTTP error `status` and body `raw`."""
     error = _openai_error(raw)
     message = error.get("message") or _snippet(raw) or f"HTTP {status}"
@@ -49,7 +52,7 @@ def http_error(name: str, base_url: str, status: int, raw: bytes, headers: Mappi
         )
     if status in (404, 405) and not error:
         return UpstreamError(
-            f"{where} answered {status} for /chat/completions: check its base_url ({message})"
+            f"{where} answered {status} for {path}: check its base_url ({message})"
         )
     if status == 404 and error.get("code") == "model_not_found":
         # The client's public model exists; the upstream name in keel.yaml is what is wrong.

@@ -2,20 +2,20 @@
 
 Convex combination (`convex`, the default):
 
-    score(d) = α · cosine(d) + (1 − α) · bm25'(d)
+    score(d) = α · cosine'(d) + (1 − α) · bm25'(d)
 
-over the union of both candidate lists. Every candidate has its cosine (a dot product with its
-stored vector, found by full text or not); bm25' is the full-text score min-max normalised over
-this query's full-text list, so the list's best is 1 and its worst 0, and a candidate the
-full-text list does not hold gets 0 — its real bm25 is no higher than the list's worst. Cosine
-stays raw: it is already on a fixed scale, and normalising it per query would make a weak best
-match look as good as a strong one. α = 0.8 was chosen on a tuning split of BoolQ questions
-disjoint from the one reported (bench/retrieval.py).
+over the union of both candidate lists, each score min-max normalised over this query's
+candidates (best 1, worst 0). Every candidate has its cosine (a dot product with its stored
+vector, whether the vector list found it or not); bm25' is normalised over the full-text list,
+and a candidate that list does not hold gets 0 — its real bm25 is no higher than the list's
+worst. α = 0.8 and min-max on both were chosen on a tuning split of BoolQ questions disjoint
+from the split reported (bench/retrieval.py, docs/knowledge.md). The raw cosine stays in
+`Hit.scores["vector"]` for thresholds: the fused score is only an order within one query.
 
 Reciprocal rank fusion (`rrf`): score(d) = Σ_lists weight / (k + rank of d in that list),
-ranks from 1 — ranks, not raw scores, so the scales never meet; k = 60 is the value from
-Cormack, Clarke and Büttcher (2009). It throws away how far apart the scores are, which is
-why it lost to vectors alone on BoolQ when the vector list was much the stronger.
+ranks from 1; k = 60 is the value from Cormack, Clarke and Büttcher (2009). Ranks alone throw
+away how far apart the scores are, and on BoolQ, where vectors are much the stronger method,
+RRF with k = 60 lost to vectors alone.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def convex_fusion(
     *,
     alpha: float = CONVEX_ALPHA,
 ) -> list[tuple[Hashable, float]]:
-    """(item, α·cosine + (1−α)·min-max bm25) best first, over the items of `cosine`, which
-    must hold every candidate (both lists); `fulltext` is the full-text list's raw scores."""
-    lexical = min_max(fulltext)
-    fused = {item: alpha * cos + (1 - alpha) * lexical.get(item, 0.0)
-             for item, cos in cosine.items()}
+    """(item, α·cosine' + (1−α)·bm25') best first, both min-max normalised, over the items of
+    `cosine`, which must hold every candidate of both lists; `fulltext` is the full-text
+    list's raw scores (items missing from it count as its worst)."""
+    lexical, semantic = min_max(fulltext), min_max(cosine)
+    fused = {item: alpha * semantic[item] + (1 - alpha) * lexical.get(item, 0.0)
+             for item in cosine}
     return sorted(fused.items(), key=lambda pair: -pair[1])

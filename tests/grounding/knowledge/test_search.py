@@ -7,7 +7,8 @@ import pytest
 
 from keel.errors import InvalidRequest
 from keel.grounding.knowledge.fulltext import fts5_match
-from keel.grounding.knowledge.fusion import reciprocal_rank_fusion
+from keel.grounding.knowledge import KnowledgeBase
+from keel.grounding.knowledge.fusion import convex_fusion, reciprocal_rank_fusion
 
 DOCS = [
     {"id": "delete", "text": "To delete your account open Settings and choose Delete account.",
@@ -64,19 +65,65 @@ async def test_vector_search_ranks_by_cosine(loaded):
     assert 0 < hits[0].score <= 1.0001
 
 
-async def test_hybrid_scores_are_the_rrf_of_both_lists(loaded):
+async def test_hybrid_scores_are_the_rrf_of_both_lists_with_fusion_rrf(loaded, runtime):
     query = "delete account settings"
     fulltext = await loaded.search("help", query, mode="fulltext", top_k=50)
     vector = await loaded.search("help", query, mode="vector", top_k=50)
     expected = reciprocal_rank_fusion({
         "fulltext": [h.chunk_id for h in fulltext], "vector": [h.chunk_id for h in vector],
     })[:3]
+    hybrid = await KnowledgeBase(runtime, fusion="rrf").search("help", query, top_k=3)
+    assert [(h.chunk_id, pytest.approx(h.score)) for h in hybrid] == [
+        (cid, pytest.approx(score)) for cid, score in expected
+    ]
+    assert hybrid[0].document_id == "delete"
+    assert set(hybrid[0].scores) == {"fulltext", "vector"}
+
+
+async def test_hybrid_default_is_the_convex_fusion_of_both_scores(loaded):
+    query = "delete account settings"
+    fulltext = await loaded.search("help", query, mode="fulltext", top_k=50)
+    vector = await loaded.search("help", query, mode="vector", top_k=50)  # every chunk
+    expected = convex_fusion(
+        {h.chunk_id: h.score for h in fulltext}, {h.chunk_id: h.score for h in vector},
+        alpha=loaded.alpha,
+    )[:3]
+    assert loaded.fusion == "convex"
     hybrid = await loaded.search("help", query, top_k=3)
     assert [(h.chunk_id, pytest.approx(h.score)) for h in hybrid] == [
         (cid, pytest.approx(score)) for cid, score in expected
     ]
     assert hybrid[0].document_id == "delete"
     assert set(hybrid[0].scores) == {"fulltext", "vector"}
+
+
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+async def test_every_hybrid_hit_carries_its_cosine_even_if_only_full_text_found_it(
+    loaded, runtime, fusion
+):
+    # One deep, full text only (alpha 0, vector weight 0): the hit is full text's best,
+    # "delete" (a stem match), while the bag-of-words vectors rank "password" first.
+    query = "deleting accounts settings"
+    cosine = {h.chunk_id: h.score
+              for h in await loaded.search("help", query, mode="vector", top_k=50)}
+    kb = KnowledgeBase(runtime, candidates=1, fusion=fusion, alpha=0.0,
+                       weights={"vector": 0.0})
+    hits = await kb.search("help", query, top_k=1)
+    assert [h.document_id for h in hits] == ["delete"]
+    assert list(cosine)[0] != hits[0].chunk_id  # not in the one-deep vector list
+    assert hits[0].scores["vector"] == pytest.approx(cosine[hits[0].chunk_id], abs=1e-5)
+    # And with the defaults, every hit carries its cosine.
+    hits = await KnowledgeBase(runtime, fusion=fusion).search("help", query, top_k=5)
+    assert len(hits) == len(cosine)
+    for hit in hits:
+        assert hit.scores["vector"] == pytest.approx(cosine[hit.chunk_id], abs=1e-5)
+
+
+def test_an_unknown_fusion_is_refused(runtime):
+    with pytest.raises(ValueError, match="fusion"):
+        KnowledgeBase(runtime, fusion="max")
+    with pytest.raises(ValueError, match="alpha"):
+        KnowledgeBase(runtime, alpha=1.5)
 
 
 async def test_filters_apply_to_both_methods_before_top_k(loaded):
@@ -132,3 +179,14 @@ def test_exact_index_topk_and_allowed():
     assert [cid for cid, _ in index.search(query, 2)] == [11, 12]
     assert [cid for cid, _ in index.search(query, 2, allowed=np.array([10, 13]))] == [10, 13]
     assert index.search(query, 5, allowed=np.array([], dtype=np.int64)) == []
+
+
+def test_exact_index_similarities_of_given_ids():
+    from keel.grounding.knowledge.vectors import ExactIndex
+
+    index = ExactIndex(np.array([13, 10, 12, 11]), np.eye(4, dtype=np.float32))  # any order
+    query = np.array([0.1, 0.9, 0.5, 0.3], dtype=np.float32)
+    assert index.similarities(query, [10, 13, 99]) == pytest.approx({10: 0.9, 13: 0.1})
+    assert index.similarities(query, []) == {}
+    assert ExactIndex(np.array([], dtype=np.int64), np.zeros((0, 4))).similarities(
+        query, [1]) == {}
