@@ -110,7 +110,7 @@ async def test_every_hybrid_hit_carries_its_cosine_even_if_only_full_text_found_
                        weights={"vector": 0.0})
     hits = await kb.search("help", query, top_k=1)
     assert [h.document_id for h in hits] == ["delete"]
-    assert list(cosine)[0] != hits[0].chunk_id  # not in the one-deep vector list
+    assert next(iter(cosine)) != hits[0].chunk_id  # not in the one-deep vector list
     assert hits[0].scores["vector"] == pytest.approx(cosine[hits[0].chunk_id], abs=1e-5)
     # And with the defaults, every hit carries its cosine.
     hits = await KnowledgeBase(runtime, fusion=fusion).search("help", query, top_k=5)

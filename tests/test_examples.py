@@ -1,0 +1,80 @@
+"""The talk's two grounding examples, end to end on the embedded model, as the READMEs run them:
+`keel ingest` + `keel serve` for the support bot, the rates service + `keel serve` for the tool."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.servers import http, keel_server
+
+pytestmark = pytest.mark.model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_support_bot_answers_from_the_faq_with_citations(tmp_path):
+    config = EXAMPLES / "support-bot" / "keel.yaml"
+    ingest = subprocess.run(
+        [sys.executable, "-m", "keel", "ingest", str(EXAMPLES / "support-bot" / "faq"),
+         "--collection", "support", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    with keel_server(tmp_path, config.read_text()) as base_url:
+        status, headers, body = http("POST", f"{base_url}/chat/completions", {
+            "model": "support-bot", "max_tokens": 60,
+            "messages": [{"role": "user", "content": "How do I delete my account?"}]})
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"]
+        assert body["citations"][0]["source"].endswith("delete-account.md")
+        assert headers["x-keel-knowledge-version"]
+        status, _, body = http("POST", f"{base_url}/chat/completions", {
+            "model": "support-bot", "max_tokens": 30,
+            "messages": [{"role": "user", "content": "What is the capital of Mongolia?"}]})
+        assert status == 200 and body["citations"] == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.2)
+
+
+def test_mortgage_rates_model_calls_the_service_and_answers(tmp_path):
+    port = free_port()
+    service = subprocess.Popen([sys.executable, str(EXAMPLES / "mortgage-rates" / "service.py"),
+                                "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        config = (EXAMPLES / "mortgage-rates" / "keel.yaml").read_text()
+        env = {"MORTGAGE_RATES_URL": f"http://127.0.0.1:{port}"}
+        with keel_server(tmp_path, config, env=env) as base_url:
+            status, _, body = http("POST", f"{base_url}/chat/completions", {
+                "model": "smollm2-rates", "max_tokens": 60,
+                "messages": [{"role": "user",
+                              "content": "What are current 30-year mortgage rates in California?"}]})
+        assert status == 200, body
+        run = body["tool_runs"][0]
+        assert run["name"] == "get_mortgage_rates" and run["ok"] is True
+        assert body["choices"][0]["message"]["content"]
+        assert body["usage"]["prompt_tokens"] > 0
+    finally:
+        service.terminate()
+        service.wait(timeout=10)
