@@ -98,3 +98,106 @@ knowledge_chunks = sa.Table(
     sa.Index("ix_knowledge_chunks_collection", "collection_id"),
     sa.Index("ix_knowledge_chunks_document", "document_id"),
 )
+
+# -- evaluations and feedback (migration 0003_evals) ----------------------------------------
+
+eval_datasets = sa.Table(
+    "eval_datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False, comment="hash of the samples' content"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("sample_count", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(1000), comment="file or filter it was made from"),
+    sa.UniqueConstraint("name", "version", name="uq_eval_datasets_version"),
+)
+
+eval_samples = sa.Table(
+    "eval_samples",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "dataset_id", sa.Integer, sa.ForeignKey("eval_datasets.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("sample_id", sa.String(200), nullable=False),
+    sa.Column("ordinal", sa.Integer, nullable=False),
+    sa.Column("input", Json, nullable=False, comment="chat messages"),
+    sa.Column("ideal", Json),
+    sa.Column("context", Json),
+    sa.Column("metadata", Json),
+    sa.UniqueConstraint("dataset_id", "sample_id", name="uq_eval_samples_sample"),
+)
+
+eval_runs = sa.Table(
+    "eval_runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True, comment="time-ordered, like trace ids"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("suite", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False, comment="running | finished | failed"),
+    sa.Column("dataset_name", sa.String(200), nullable=False),
+    sa.Column("dataset_version", sa.String(64), nullable=False),
+    sa.Column("config", Json, nullable=False,
+              comment="the audit: variants (prompt, params, model, fingerprints, retrieval), "
+                      "graders, judge model and prompts, repeats"),
+    sa.Column("git_commit", sa.String(64)),
+    sa.Column("keel_version", sa.String(32), nullable=False),
+    sa.Column("summary", Json),
+    sa.Index("ix_eval_runs_created_at", "created_at"),
+)
+
+eval_results = sa.Table(
+    "eval_results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("eval_runs.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("variant", sa.String(200), nullable=False),
+    sa.Column("sample_id", sa.String(200), nullable=False),
+    sa.Column("repeat", sa.Integer, nullable=False),
+    sa.Column("output", Json, comment="the answer text, finish reason, citations, tool runs"),
+    sa.Column("error", Json),
+    sa.Column("latency_ms", sa.Double),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("cost_usd", sa.Double),
+    sa.Column("system_fingerprint", sa.String(200)),
+    sa.Column("trace_id", sa.String(32)),
+    sa.Column("grades", Json, comment="grader name -> {score, passed, label, reasoning, details}"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("run_id", "variant", "sample_id", "repeat", name="uq_eval_results_cell"),
+)
+
+eval_annotations = sa.Table(
+    "eval_annotations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("eval_runs.id", ondelete="CASCADE")),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("eval_datasets.id", ondelete="CASCADE")),
+    sa.Column("variant", sa.String(200)),
+    sa.Column("sample_id", sa.String(200), nullable=False),
+    sa.Column("repeat", sa.Integer),
+    sa.Column("label", sa.String(200), comment="a human grade: pass/fail, a category, 1-5"),
+    sa.Column("score", sa.Double),
+    sa.Column("ideal", Json, comment="an ideal answer a person wrote"),
+    sa.Column("comment", sa.Text),
+    sa.Column("annotator", sa.String(200)),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_eval_annotations_run", "run_id", "sample_id"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("score", sa.Double, nullable=False, comment="+1/-1, or 1-5"),
+    sa.Column("comment", sa.Text),
+    sa.Column("correction", sa.Text, comment="what the answer should have been"),
+    sa.Column("metadata", Json),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_feedback_trace_id", "trace_id"),
+)
