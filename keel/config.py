@@ -86,6 +86,16 @@ def _layer_specs(value: Any) -> Any:
     return specs
 
 
+class PricingConfig(Strict):
+    """US dollars per million tokens, for cost accounting (evals, traces)."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+        return ((prompt_tokens or 0) * self.input + (completion_tokens or 0) * self.output) / 1e6
+
+
 class ModelConfig(Strict):
     provider: str
     model: str | None = Field(None, description="the provider's name for it; default: the key")
@@ -93,6 +103,7 @@ class ModelConfig(Strict):
     pipeline: list[LayerSpec] | None = None
     knowledge: dict[str, Any] | None = Field(None, description="options of the knowledge layer")
     tools: list[str] | dict[str, Any] | None = Field(None, description="tools Keel runs for it")
+    pricing: PricingConfig | None = None
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
 

@@ -1,6 +1,7 @@
-"""Find Keel's pluggable parts by name: providers, layers, embedders and tool kinds.
+"""Find Keel's pluggable parts by name: providers, layers, embedders, tool kinds and graders.
 
-Each is an entry point group: `keel.providers`, `keel.layers`, `keel.embedders`, `keel.tools`.
+Each is an entry point group: `keel.providers`, `keel.layers`, `keel.embedders`, `keel.tools`,
+`keel.graders`.
 
 Third-party packages add their own through these entry point groups. The built-ins are listed
 here too, so a source checkout works before `pip install -e`.
@@ -29,6 +30,21 @@ _BUILTIN = {
         "local": "keel.embeddings.local:LocalEmbedder",
         "openai": "keel.embeddings.openai:OpenAIEmbedder",
         "fake": "keel.embeddings.fake:FakeEmbedder",
+    },
+    "keel.graders": {
+        "exact": "keel.evals.graders.match:ExactGrader",
+        "includes": "keel.evals.graders.match:IncludesGrader",
+        "fuzzy_match": "keel.evals.graders.match:FuzzyMatchGrader",
+        "regex": "keel.evals.graders.match:RegexGrader",
+        "json_valid": "keel.evals.graders.structured:JSONValidGrader",
+        "json_schema": "keel.evals.graders.structured:JSONSchemaGrader",
+        "numeric": "keel.evals.graders.numeric:NumericGrader",
+        "similarity": "keel.evals.graders.similarity:SimilarityGrader",
+        "fact": "keel.evals.graders.fact:FactGrader",
+        "classify": "keel.evals.graders.classify:ClassifyGrader",
+        "rubric": "keel.evals.graders.rubric:RubricGrader",
+        "rag": "keel.evals.graders.rag:RAGGrader",
+        "python": "keel.evals.graders.python:PythonGrader",
     },
     "keel.tools": {
         "http": "keel.grounding.tools.http:HTTPTool",
