@@ -74,9 +74,11 @@ class Gateway:
         route.provider.check(body, route.upstream_model)
         return Context(body=body, route=route, trace=trace, headers=headers or {})
 
-    async def complete(self, body: dict) -> dict:
-        """A non-streaming chat completion through the whole pipeline, traced (library use)."""
-        trace = Trace(request=dict(body))
+    async def complete(self, body: dict, *, trace: Trace | None = None) -> dict:
+        """A non-streaming chat completion through the whole pipeline, traced (library use).
+        Pass a `Trace` to learn its id (`trace.id`) and what it recorded."""
+        trace = trace or Trace()
+        trace.request = dict(body)
         status = 200
         try:
             ctx = self.context_for(dict(body, stream=False), trace)
