@@ -56,7 +56,7 @@ class Hit:
     chunk_id: str  # "<document id>#<ordinal>": stable across re-ingests of the same content
     document_id: str
     text: str
-    score: float  # hybrid: the fused RRF score; otherwise the method's own score
+    score: float  # hybrid: the fused score (convex by default, or RRF); else the method's own
     scores: dict[str, float]  # each method's raw score: {"vector": cosine, "fulltext": bm25}
     source: str | None
     location: str

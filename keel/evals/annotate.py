@@ -1,0 +1,197 @@
+"""Human annotation: what is left for a person to grade, reading their answer, and saving it.
+
+    dataset_queue(store, name, version, annotator)  samples this annotator has not annotated
+    run_queue(store, run_id, annotator)              a run's outputs (with the graders' verdicts)
+    parse_grade(text)                                "pass", "f", "4", "superset" -> Answer
+    save_annotation(store, item, answer, annotator)  one row in eval_annotations, at once
+    run_annotations(store, run_id)                   what people said about a run's outputs
+
+The terminal loop is `keel eval annotate` (keel/cli/eval_human.py); each answer is saved as it
+is given, so quitting midway loses nothing and the next session starts where this one stopped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from keel.errors import InvalidRequest, NotFound
+from keel.evals.base import Sample
+from keel.evals.dataset_store import get_dataset
+from keel.store.models import eval_annotations, eval_results, eval_runs
+
+if TYPE_CHECKING:
+    from keel.store import Store
+
+PASS_WORDS = {"pass": "pass", "p": "pass", "fail": "fail", "f": "fail"}
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+
+@dataclass
+class Item:
+    """One thing to annotate: a dataset sample, or one output of a run (variant × sample ×
+    repeat). `sample` is None when the run's dataset version is not in this store."""
+
+    sample_id: str
+    sample: Sample | None
+    dataset_id: int | None = None
+    run_id: str | None = None
+    variant: str | None = None
+    repeat: int | None = None
+    output: Any = None
+    grades: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def output_text(self) -> str | None:
+        return output_text(self.output)
+
+
+@dataclass
+class Answer:
+    """What a person said: a grade (label, and score when it is pass/fail or 1-5), an ideal
+    answer they wrote, a comment; any of them may be missing."""
+
+    label: str | None = None
+    score: float | None = None
+    ideal: str | None = None
+    comment: str | None = None
+
+
+def default_annotator() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "anonymous"
+
+
+def parse_grade(text: str) -> Answer:
+    """pass/fail (or p/f) scores 1 or 0; 1-5 scores that number; any other word is a label."""
+    word = text.strip()
+    if not word:
+        raise InvalidRequest("grade: expected pass/fail, 1-5 or a label", param="grade")
+    if word.lower() in PASS_WORDS:
+        label = PASS_WORDS[word.lower()]
+        return Answer(label=label, score=1.0 if label == "pass" else 0.0)
+    if word in ("1", "2", "3", "4", "5"):
+        return Answer(label=word, score=float(word))
+    if len(word) > 200:
+        raise InvalidRequest("grade: a label has at most 200 characters", param="grade")
+    return Answer(label=word)
+
+
+# -- what is left to annotate ----------------------------------------------------------------
+
+
+def dataset_queue(
+    store: Store, name: str, version: str | None, annotator: str
+) -> tuple[dict, list[Item]]:
+    meta, samples = get_dataset(store, name, version)
+    done = _annotated(store, eval_annotations.c.dataset_id == meta["id"], annotator)
+    items = [Item(sample_id=s.id, sample=s, dataset_id=meta["id"]) for s in samples
+             if (None, s.id, None) not in done]
+    return meta, items
+
+
+def run_queue(
+    store: Store, run_id: str, annotator: str, variant: str | None = None
+) -> tuple[dict, list[Item]]:
+    run = get_run(store, run_id)
+    samples = _run_samples(store, run)
+    query = (sa.select(eval_results).where(eval_results.c.run_id == run["id"])
+             .order_by(eval_results.c.id))
+    if variant is not None:
+        query = query.where(eval_results.c.variant == variant)
+    with store.engine.connect() as conn:
+        results = conn.execute(query).mappings().all()
+    done = _annotated(store, eval_annotations.c.run_id == run["id"], annotator)
+    order = {sample_id: n for n, sample_id in enumerate(samples)}
+    items = [
+        Item(sample_id=r["sample_id"], sample=samples.get(r["sample_id"]), run_id=run["id"],
+             variant=r["variant"], repeat=r["repeat"], output=r["output"] or r["error"],
+             grades=r["grades"] or {})
+        for r in results if (r["variant"], r["sample_id"], r["repeat"]) not in done
+    ]
+    # Dataset order, then variant: a person sees every variant's answer to one sample together.
+    items.sort(key=lambda i: (order.get(i.sample_id, len(order)), i.variant, i.repeat))
+    return run, items
+
+
+def get_run(store: Store, run_id: str) -> dict[str, Any]:
+    """A run's row; `run_id` may be any unique prefix."""
+    run_id = run_id.strip()
+    columns = [eval_runs.c[n] for n in ("id", "created_at", "suite", "status", "dataset_name",
+                                         "dataset_version")]
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(*columns).where(eval_runs.c.id == run_id)).mappings().all()
+        if not rows and run_id.isalnum():
+            rows = conn.execute(sa.select(*columns).where(
+                eval_runs.c.id.like(f"{run_id}%")).limit(2)).mappings().all()
+    if not rows:
+        raise RunNotFound(f"no eval run {run_id!r}")
+    if len(rows) > 1:
+        raise InvalidRequest(f"run id prefix {run_id!r} is ambiguous; give more characters")
+    return {str(k): v for k, v in rows[0].items()}
+
+
+def _run_samples(store: Store, run: dict) -> dict[str, Sample]:
+    try:
+        _, samples = get_dataset(store, run["dataset_name"], run["dataset_version"])
+    except NotFound:
+        return {}
+    return {s.id: s for s in samples}
+
+
+def _annotated(store: Store, where, annotator: str) -> set[tuple]:
+    query = sa.select(eval_annotations.c.variant, eval_annotations.c.sample_id,
+                      eval_annotations.c.repeat).where(
+        where, eval_annotations.c.annotator == annotator)
+    with store.engine.connect() as conn:
+        return {tuple(row) for row in conn.execute(query).all()}
+
+
+# -- saving and reading answers --------------------------------------------------------------
+
+
+def save_annotation(store: Store, item: Item, answer: Answer, annotator: str) -> int:
+    row = {
+        "run_id": item.run_id,
+        "dataset_id": item.dataset_id,
+        "variant": item.variant,
+        "sample_id": item.sample_id,
+        "repeat": item.repeat,
+        "label": answer.label,
+        "score": answer.score,
+        "ideal": answer.ideal,
+        "comment": answer.comment or None,
+        "annotator": annotator,
+        "created_at": time.time(),
+    }
+    with store.engine.begin() as conn:
+        return conn.execute(eval_annotations.insert().values(**row)).inserted_primary_key[0]
+
+
+def run_annotations(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The annotations of a run's outputs, oldest first."""
+    query = (sa.select(eval_annotations).where(eval_annotations.c.run_id == run_id)
+             .order_by(eval_annotations.c.created_at, eval_annotations.c.id))
+    with store.engine.connect() as conn:
+        return [{str(k): v for k, v in row.items()}
+                for row in conn.execute(query).mappings().all()]
+
+
+def output_text(output: Any) -> str | None:
+    """The answer text of a stored output, whatever shape the runner gave it."""
+    if output is None or isinstance(output, str):
+        return output
+    if isinstance(output, dict):
+        for key in ("text", "content", "message"):
+            if isinstance(output.get(key), str):
+                return output[key]
+    return None
