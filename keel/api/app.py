@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from keel.api import embeddings, knowledge
+from keel.api import embeddings, feedback, knowledge
 from keel.api.chat import chat_completions
 from keel.api.errors import openai_errors
 from keel.api.keys import GATEWAY
@@ -25,6 +25,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     embeddings.add_routes(app)
     knowledge.add_routes(app)
+    feedback.add_routes(app)
 
     async def start(app: web.Application) -> None:
         await app[GATEWAY].start()

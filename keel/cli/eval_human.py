@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from keel.cli.eval_dataset import _ideal, _messages, json_option, open_store_for, store_options
+from keel.cli.eval_dataset import (
+    _ideal,
+    _messages,
+    json_option,
+    open_store_for,
+    store_options,
+)
 from keel.cli.traces import _console, _dumps
 from keel.errors import InvalidRequest
 
@@ -158,6 +164,8 @@ def calibrate(run_id, grader, pass_at, config_path, db_url, as_json) -> None:
     console = _console()
     console.print(_summary_table(agreements))
     for item in agreements:
+        # A heading of its own: as a table title it would wrap to the narrow table's width.
+        console.print(Text(f"\n{item.grader} ({item.kind}): human ↓ / grader →", style="bold"))
         console.print(_confusion_table(item))
 
 
@@ -174,8 +182,7 @@ def _summary_table(agreements) -> Table:
 
 def _confusion_table(agreement) -> Table:
     columns = sorted({label for row in agreement.confusion.values() for label in row})
-    table = Table(title=f"{agreement.grader} ({agreement.kind}): human ↓ / grader →",
-                  title_justify="left", header_style="bold")
+    table = Table(header_style="bold")
     table.add_column("human")
     for column in columns:
         table.add_column(column, justify="right")

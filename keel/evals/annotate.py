@@ -67,7 +67,7 @@ class Answer:
 def default_annotator() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # no user name in some containers
+    except (KeyError, OSError):  # no user name in some containers
         return "anonymous"
 
 

@@ -11,6 +11,8 @@ its versioned entry, whose `class` says how it grades:
     evals.elsuite.modelgraded.classify:ModelBasedClassify
                                                        classify with the spec file, its
                                                        `eval_type` and `modelgraded_spec_args`
+                                                       (the fact spec: Keel's `fact` grader,
+                                                       which scores its choices)
 
 The model under test is one variant named after it; the judge of a model-graded eval is that
 same model unless another is given (as `oaieval` does without a second completion function).
@@ -146,9 +148,14 @@ def _grader(ev: RegistryEval, kind: str, root: Path, where: str) -> dict:
     spec = root / "modelgraded" / f"{spec_name}.yaml"
     if not spec.is_file():
         raise ConfigError(f"{where}: args.modelgraded_spec: no file {spec}")
-    grader: dict[str, Any] = {"kind": "classify", "name": spec_name, "spec": str(spec)}
+    # Keel's `fact` grader is classify on the fact spec with scores for its choices (the
+    # official spec has none); any other spec runs through `classify` as it is.
+    if spec_name == "fact":
+        grader: dict[str, Any] = {"kind": "fact", "name": "fact", "spec_path": str(spec)}
+    else:
+        grader = {"kind": "classify", "name": spec_name, "spec": str(spec)}
     if ev.args.get("eval_type"):
         grader["eval_type"] = ev.args["eval_type"]
     if ev.args.get("modelgraded_spec_args"):
-        grader["spec_args"] = dict(ev.args["modelgraded_spec_args"])
+        grader["args"] = {k: str(v) for k, v in ev.args["modelgraded_spec_args"].items()}
     return grader

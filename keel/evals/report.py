@@ -88,7 +88,7 @@ def summary_table(summary: dict, title: str | None = None) -> Table:
             cells += [
                 fmt(v["latency_ms"], 1) if first else "",
                 f"{v['prompt_tokens']}/{v['completion_tokens']}" if first else "",
-                fmt(v["cost_usd"], 4) if first else "",
+                fmt(v["cost_usd"], 6) if first else "",
             ]
             table.add_row(*cells)
     return table

@@ -137,7 +137,8 @@ def resolve_dataset(suite: Suite, store) -> tuple[str, str, list[Sample]]:
     samples = load_samples(path)
     if not samples:
         raise ConfigError(f"{suite.source}: dataset: {path} has no samples")
-    name = path.stem if path.stem not in ("samples", "data") else path.parent.name
+    # Registry datasets are all `samples.jsonl`: their folder is the name (coqa/samples.jsonl).
+    name = path.parent.name if path.stem == "samples" and path.parent.name else path.stem
     name, version, _ = import_dataset(store, name, samples, str(path))
     return name, version or dataset_version(samples), samples
 
@@ -169,7 +170,6 @@ def build_graders(suite: Suite, judge) -> dict:
     from pydantic import ValidationError
 
     from keel.config import _describe
-    from keel.evals.graders import make_grader
 
     graders = {}
     for i, spec in enumerate(suite.graders):
@@ -178,12 +178,23 @@ def build_graders(suite: Suite, judge) -> dict:
             options.setdefault("model", suite.judge.model)
         where = f"graders[{i}]"
         try:
-            graders[spec.label] = make_grader(spec.kind, spec.label, options, judge)
+            graders[spec.label] = _make_grader(spec.kind, spec.label, options, judge)
         except ValidationError as exc:
             raise ConfigError(_describe(suite.source, exc, prefix=where)) from None
         except KeelError as exc:
             raise ConfigError(f"{suite.source}: {where} ({spec.label}): {exc.message}") from None
     return graders
+
+
+def _make_grader(kind: str, name: str, options: dict, judge):
+    try:
+        from keel.evals.graders import make_grader
+    except ImportError:  # a graders package without the factory: build from the registry
+        from keel.plugins import load
+
+        cls = load("keel.graders", kind, "grader kind")
+        return cls(name, cls.Options.model_validate(options), judge)
+    return make_grader(kind, name, options, judge)
 
 
 def describe_run(suite: Suite, config, graders: dict, dataset_name: str, dataset_version: str,

@@ -156,7 +156,7 @@ class Suite(Strict):
         return self._source
 
     def located(self, base_dir: Path, source: str) -> Suite:
-        self._base_dir, self._source = Path(base_dir), source
+        self._base_dir, self._source = Path(base_dir).resolve(), source
         return self
 
     def resolve(self, path: str) -> Path:

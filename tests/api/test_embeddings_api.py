@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from keel.api import create_app
-from keel.api.embeddings import add_routes, embedding_models
+from keel.api.embeddings import embedding_models
 from keel.config import EmbedderConfig, ServerConfig
 from keel.embeddings.fake import embed_words
 from keel.gateway import Gateway
@@ -35,8 +35,6 @@ async def keel(tmp_path):
     )
     gateway = Gateway(config)
     app = create_app(gateway)
-    if not any(r.resource.canonical == "/v1/embeddings" for r in app.router.routes()):
-        add_routes(app)  # until keel.api.app wires it
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/"), gateway
@@ -190,8 +188,6 @@ async def test_trace_without_bodies_keeps_no_request(tmp_path, session):
                          embedders={"fake-emb": EmbedderConfig(kind="fake")})
     gateway = Gateway(config)
     app = create_app(gateway)
-    if not any(r.resource.canonical == "/v1/embeddings" for r in app.router.routes()):
-        add_routes(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -20,7 +20,13 @@ from pydantic import Field
 
 from keel.errors import ConfigError
 from keel.evals.base import Grade, Judge, Output, Sample
-from keel.evals.graders.common import INVALID, BaseGrader, content_text, ideal_text, transcript
+from keel.evals.graders.common import (
+    INVALID,
+    BaseGrader,
+    content_text,
+    ideal_text,
+    transcript,
+)
 from keel.evals.graders.judging import JudgeOptions, ask
 from keel.evals.graders.spec import fill, load_spec, parse_choice, with_answer_prompt
 

@@ -89,6 +89,14 @@ def transcript(messages: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def question_text(sample: Sample) -> str:
+    """The question asked: the last user turn (the whole transcript when there is none)."""
+    for msg in reversed(sample.input):
+        if msg.get("role") == "user":
+            return content_text(msg.get("content"))
+    return transcript(sample.input)
+
+
 def ideal_text(sample: Sample) -> str:
     """The expert answer(s) as one text: alternatives on their own lines."""
     return "\n".join(sample.ideals())

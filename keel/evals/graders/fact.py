@@ -19,6 +19,8 @@ contradiction. `choice_scores` overrides them; `threshold` (default 1.0: C or E)
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from keel.evals.graders.classify import ClassifyGrader, ClassifySettings, EvalType
@@ -32,7 +34,7 @@ class FactOptions(ClassifySettings):
 class FactGrader(ClassifyGrader):
     kind = "fact"
     Options = FactOptions
-    default_scores = {"A": 0.5, "B": 0.5, "C": 1.0, "D": 0.0, "E": 1.0}
+    default_scores: ClassVar[dict[str, float]] = {"A": 0.5, "B": 0.5, "C": 1.0, "D": 0.0, "E": 1.0}
 
     def spec_source(self) -> str:
         return self.options.spec_path or "fact"

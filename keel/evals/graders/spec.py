@@ -66,6 +66,9 @@ class ModelGradedSpec:
         if isinstance(choices, str) and choices.startswith("from_n"):
             raise ConfigError(f"{where}: choice_strings {choices!r} (multi-completion specs) "
                               "are not supported")
+        if isinstance(choices, list) and any(isinstance(c, bool) for c in choices):
+            # YAML reads a bare Yes/No as a boolean.
+            raise ConfigError(f"{where}: quote the choice_strings (\"Yes\", not Yes)")
         choices = [str(c) for c in (choices or ())]  # "ABCDE" reads as A, B, C, D, E
         if not choices:
             raise ConfigError(f"{where}: `choice_strings` is missing")
@@ -144,7 +147,7 @@ def fill(messages: list[dict], values: dict[str, str]) -> list[dict]:
     OpenAI's). Raises KeyError naming what is missing."""
     missing = placeholders(messages) - set(values)
     if missing:
-        raise KeyError(f"the prompt needs {', '.join('{%s}' % m for m in sorted(missing))}; "
+        raise KeyError(f"the prompt needs {', '.join(f'{{{m}}}' for m in sorted(missing))}; "
                        "give it in the grader's `args`")
     return [dict(m, content=m["content"].format_map(values)) for m in messages]
 

@@ -7,7 +7,6 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from keel.api import create_app
-from keel.api.knowledge import add_routes
 from keel.config import KeelConfig, StoreConfig
 from keel.gateway import Gateway
 from tests.grounding.knowledge.conftest import fake_factory
@@ -18,7 +17,6 @@ async def client(db_url):
     gateway = Gateway(KeelConfig(store=StoreConfig(url=db_url)))
     gateway.runtime._embedder_factory = fake_factory
     app = create_app(gateway)
-    add_routes(app)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     base = str(server.make_url("")).rstrip("/")
