@@ -17,35 +17,23 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from keel import __version__
 from keel.embeddings.base import EmbedderOptions, Embeddings
 from keel.embeddings.vectors import l2_normalise
 from keel.errors import UpstreamError, UpstreamTimeout
 from keel.providers.openai_errors import http_error
+from keel.providers.upstream import UpstreamOptions, base_headers, open_session, timeout_error
 
 
-class OpenAIEmbedderOptions(EmbedderOptions):
-    base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
-    api_key: str | None = None
+class OpenAIEmbedderOptions(EmbedderOptions, UpstreamOptions):
     model: str = Field(description="the upstream's model name, e.g. text-embedding-3-small")
     dimensions: int | None = Field(None, ge=1, description="sent upstream (text-embedding-3-*)")
     dim: int | None = Field(None, ge=1, description="the vector size, if known: skips the probe")
     batch_size: int = Field(256, ge=1, le=2048, description="inputs per upstream request")
     max_concurrency: int = Field(4, ge=1, description="upstream requests in flight per call")
-    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
-    connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
     max_connections: int = Field(64, ge=1)
-    keepalive_timeout: float = Field(4.0, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class OpenAIEmbedder:
@@ -134,29 +122,10 @@ class OpenAIEmbedder:
         return Embeddings(l2_normalise(vectors), int(tokens))
 
     def _open_session(self) -> aiohttp.ClientSession:
-        opts = self.options
-        headers = {"Content-Type": "application/json", "User-Agent": f"keel/{__version__}"}
-        if opts.api_key:
-            headers["Authorization"] = f"Bearer {opts.api_key}"
-        headers.update(opts.headers)
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=opts.max_connections, keepalive_timeout=opts.keepalive_timeout
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=opts.connect_timeout, sock_read=opts.read_timeout
-            ),
-            headers=headers,
-        )
+        return open_session(self.options, base_headers(self.options))
 
     def _timeout(self, exc: BaseException) -> UpstreamTimeout:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            phase, limit = "connecting to", self.options.connect_timeout
-        else:
-            phase, limit = "waiting for", self.options.read_timeout
-        return UpstreamTimeout(
-            f"timed out after {limit:g} s {phase} embedder {self.name!r} ({self.base_url})"
-        )
+        return timeout_error(exc, self.options, f"embedder {self.name!r} ({self.base_url})")
 
     def _bad(self, what: str) -> UpstreamError:
         return UpstreamError(f"embedder {self.name!r} ({self.base_url}) sent {what}")

@@ -16,35 +16,19 @@ from typing import AsyncIterator, ClassVar
 
 import aiohttp
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from keel import __version__
 from keel.errors import UpstreamError, UpstreamTimeout
 from keel.providers.base import ProviderOptions
 from keel.providers.openai_errors import http_error, stream_error
 from keel.providers.openai_sse import SSEDecoder
 from keel.providers.shapes import normalize_chunk, normalize_completion
+from keel.providers.upstream import UpstreamOptions, base_headers, open_session, timeout_error
 
 
-class OpenAIOptions(ProviderOptions):
-    base_url: str = Field(description="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
-    api_key: str | None = None
+class OpenAIOptions(ProviderOptions, UpstreamOptions):
     organization: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
     api_version: str | None = Field(None, description="Azure OpenAI: adds ?api-version=")
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(600.0, gt=0, description="longest wait for the next bytes")
-    max_connections: int = Field(256, ge=1)
-    # Below the 5 s idle timeout of uvicorn (vLLM) so Keel drops an idle connection before the
-    # upstream does, rather than sending a request into one being closed.
-    keepalive_timeout: float = Field(4.0, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class OpenAIProvider:
@@ -63,22 +47,7 @@ class OpenAIProvider:
     async def start(self) -> None:
         if self._session is not None:
             return
-        opts = self.options
-        connector = aiohttp.TCPConnector(
-            limit=opts.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=opts.keepalive_timeout,
-            ttl_dns_cache=300,
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=opts.connect_timeout, sock_read=opts.read_timeout
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            headers=self._headers(),
-            raise_for_status=False,
-        )
+        self._session = open_session(self.options, self._headers())
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -181,25 +150,13 @@ class OpenAIProvider:
 
     def _headers(self) -> dict[str, str]:
         opts = self.options
-        headers = {"Content-Type": "application/json", "User-Agent": f"keel/{__version__}"}
-        if opts.api_key:
-            if opts.api_version:
-                headers["api-key"] = opts.api_key
-            else:
-                headers["Authorization"] = f"Bearer {opts.api_key}"
+        headers = base_headers(opts, "api-key" if opts.api_version else "Authorization")
         if opts.organization:
             headers["OpenAI-Organization"] = opts.organization
-        headers.update(opts.headers)
         return headers
 
     def _timeout(self, exc: BaseException) -> UpstreamTimeout:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            phase, limit = "connecting to", self.options.connect_timeout
-        else:
-            phase, limit = "waiting for", self.options.read_timeout
-        return UpstreamTimeout(
-            f"timed out after {limit:g} s {phase} provider {self.name!r} at {self.base_url}"
-        )
+        return timeout_error(exc, self.options, f"provider {self.name!r} at {self.base_url}")
 
     def _broken(self, exc: BaseException) -> UpstreamError:
         return UpstreamError(
