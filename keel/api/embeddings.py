@@ -8,9 +8,7 @@ a summary of the answer (count and size), never the vectors.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 import time
 
 import numpy as np
@@ -18,16 +16,12 @@ import orjson
 from aiohttp import web
 
 from keel.api.body import read_json
-from keel.api.errors import error_response
-from keel.api.keys import GATEWAY
+from keel.api.traced import traced
 from keel.embeddings.request import EmbeddingRequest, validate_embedding_request
 from keel.embeddings.vectors import shorten
-from keel.errors import InvalidRequest, KeelError
+from keel.errors import InvalidRequest
 from keel.pipeline import Trace
 
-log = logging.getLogger("keel.api")
-
-CLIENT_CLOSED = 499
 _STARTED = int(time.time())
 
 
@@ -43,48 +37,30 @@ def embedding_models(gateway) -> list[dict]:
     ]
 
 
-async def create_embeddings(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    trace = Trace(endpoint="embeddings")
-    status = 200
-    try:
-        body = await read_json(request, gateway.config.server.max_body_bytes)
-        if gateway.config.tracing.record_bodies and isinstance(body, dict):
-            trace.request = body
-        req = validate_embedding_request(body)
-        trace.model = req.model
-        embedder = await gateway.runtime.embedder(req.model)
-        trace.provider = embedder.kind
-        trace.upstream_model = getattr(embedder, "upstream_model", None)
-        trace.system_fingerprint = embedder.fingerprint
-        result = await embedder.embed(req.texts)
-        vectors = _sized(result.vectors, req.dimensions, embedder.dim)
-        usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
-        trace.record_usage(usage)
-        trace.response = {"count": len(vectors), "dim": int(vectors.shape[1]), "usage": usage}
-        payload = _response(req, vectors, usage)
-        return web.Response(
-            body=payload,
-            content_type="application/json",
-            headers={"x-keel-trace-id": trace.id, "x-keel-provider": embedder.kind},
-        )
-    except KeelError as exc:
-        status = exc.status
-        trace.error = exc.to_openai()["error"]
-        return error_response(exc, {"x-keel-trace-id": trace.id})
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        trace.error = {"message": "the client closed the connection", "type": "client_closed"}
-        raise
-    except Exception:
-        log.exception("unexpected error in trace %s", trace.id)
-        status = 500
-        error = KeelError(f"Keel failed to handle the request; see trace {trace.id} in its log.")
-        trace.error = error.to_openai()["error"]
-        return error_response(error, {"x-keel-trace-id": trace.id})
-    finally:
-        trace.finish(status)
-        gateway.record(trace)
+async def create_embeddings(request: web.Request) -> web.StreamResponse:
+    return await traced(request, "embeddings", _embed)
+
+
+async def _embed(request: web.Request, gateway, trace: Trace) -> web.Response:
+    body = await read_json(request, gateway.config.server.max_body_bytes)
+    if gateway.config.tracing.record_bodies and isinstance(body, dict):
+        trace.request = body
+    req = validate_embedding_request(body)
+    trace.model = req.model
+    embedder = await gateway.runtime.embedder(req.model)
+    trace.provider = embedder.kind
+    trace.upstream_model = getattr(embedder, "upstream_model", None)
+    trace.system_fingerprint = embedder.fingerprint
+    result = await embedder.embed(req.texts)
+    vectors = _sized(result.vectors, req.dimensions, embedder.dim)
+    usage = {"prompt_tokens": result.tokens, "total_tokens": result.tokens}
+    trace.record_usage(usage)
+    trace.response = {"count": len(vectors), "dim": int(vectors.shape[1]), "usage": usage}
+    return web.Response(
+        body=_response(req, vectors, usage),
+        content_type="application/json",
+        headers={"x-keel-trace-id": trace.id, "x-keel-provider": embedder.kind},
+    )
 
 
 def _sized(vectors: np.ndarray, dimensions: int | None, dim: int) -> np.ndarray:
