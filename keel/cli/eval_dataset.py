@@ -10,34 +10,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from keel.cli.traces import _console, _dumps, _since, _time
-from keel.errors import ConfigError
-
-
-def store_options(fn):
-    fn = click.option("--db", "db_url", metavar="URL", help="Database URL; overrides the config.")(fn)
-    fn = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH",
-        help="keel.yaml whose store to use (default: ./.keel/keel.db).",
-    )(fn)
-    return fn
-
-
-def json_option(fn):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON, not tables.")(fn)
-
-
-def open_store_for(config_path: str | None, db_url: str | None, *, must_exist: bool = True):
-    """The store of the config or URL; reading commands refuse to create an empty database."""
-    from keel.config import load_config
-    from keel.store import open_store
-    from keel.store.db import sqlite_path
-
-    url = db_url or load_config(config_path).database_url()
-    path = sqlite_path(url)
-    if must_exist and path is not None and not path.exists():
-        raise ConfigError(f"no database at {path} (pass --config or --db)")
-    return open_store(url)
+from keel.cli import common
+from keel.cli.common import json_option, open_store_for, store_options
 
 
 @click.group("dataset")
@@ -79,15 +53,15 @@ def list_command(config_path, db_url, as_json) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(common.dumps(rows))
     elif not rows:
         click.echo("no datasets")
     else:
         table = _table(["name", "latest", "samples", "versions", "created", "source"])
         for row in rows:
             table.add_row(row["name"], row["version"], str(row["sample_count"]),
-                          str(row["versions"]), _time(row["created_at"]), row["source"] or "-")
-        _console().print(table)
+                          str(row["versions"]), common.when(row["created_at"]), row["source"] or "-")
+        common.console().print(table)
 
 
 @dataset.command("versions")
@@ -104,13 +78,13 @@ def versions_command(name, config_path, db_url, as_json) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(common.dumps(rows))
         return
     table = _table(["version", "samples", "created", "source"])
     for row in rows:
-        table.add_row(row["version"], str(row["sample_count"]), _time(row["created_at"]),
+        table.add_row(row["version"], str(row["sample_count"]), common.when(row["created_at"]),
                       row["source"] or "-")
-    _console().print(table)
+    common.console().print(table)
 
 
 @dataset.command("show")
@@ -129,9 +103,9 @@ def show_command(name, version, limit, config_path, db_url, as_json) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps({**meta, "samples": [s.to_dict() for s in samples[:limit]]}))
+        click.echo(common.dumps({**meta, "samples": [s.to_dict() for s in samples[:limit]]}))
         return
-    console = _console()
+    console = common.console()
     console.print(Text(f"{meta['name']} {meta['version']}  {meta['sample_count']} samples  "
                        f"from {meta['source'] or '-'}", style="bold"))
     table = Table(header_style="bold", show_lines=True)
@@ -166,7 +140,7 @@ def from_traces_command(name, feedback, min_score, max_score, model, since, limi
     store = open_store_for(config_path, db_url)
     try:
         traces = traces_for_dataset(
-            store, feedback=feedback, model=model, since=_since(since) if since else None,
+            store, feedback=feedback, model=model, since=common.since(since) if since else None,
             min_score=min_score, max_score=max_score, limit=limit,
         )
         if not traces:
@@ -189,7 +163,7 @@ def _filter_text(**filters) -> str:
 
 def _report(name: str, version: str, count: int, created: bool, as_json: bool) -> None:
     if as_json:
-        click.echo(_dumps({"name": name, "version": version, "samples": count,
+        click.echo(common.dumps({"name": name, "version": version, "samples": count,
                            "created": created}))
         return
     state = "stored" if created else "unchanged (this content is already stored)"

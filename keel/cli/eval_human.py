@@ -13,14 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from keel.cli.eval_dataset import (
-    _ideal,
-    _messages,
-    json_option,
-    open_store_for,
-    store_options,
-)
-from keel.cli.traces import _console, _dumps
+from keel.cli import common
+from keel.cli.common import json_option, open_store_for, store_options
+from keel.cli.eval_dataset import _ideal, _messages
 from keel.errors import InvalidRequest
 
 PROMPT_HELP = ("grade: pass/fail (p/f), 1-5 or a label · i: write an ideal answer · "
@@ -52,7 +47,7 @@ def annotate(dataset_name, version, run_id, variant, annotator, blind, config_pa
         else:
             run, items = run_queue(store, run_id, annotator, variant)
             title = f"run {run['id']} ({run['suite']})"
-        console = _console()
+        console = common.console()
         console.print(Text(f"{title}: {len(items)} left for {annotator}", style="bold"))
         saved = _annotate_loop(console, store, items, annotator, blind)
     finally:
@@ -118,7 +113,7 @@ def _show_item(console: Console, item, number: int, total: int, blind: bool) -> 
     if item.run_id is not None:
         console.print(Text("output", style="bold"))
         text = item.output_text
-        console.print(Text(text) if text is not None else Text(_dumps(item.output), "dim"))
+        console.print(Text(text) if text is not None else Text(common.dumps(item.output), "dim"))
         if item.grades and not blind:
             console.print(_grades_table(item.grades))
 
@@ -155,13 +150,13 @@ def calibrate(run_id, grader, pass_at, config_path, db_url, as_json) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps({"run_id": run["id"], "agreements": [a.to_dict() for a in agreements]}))
+        click.echo(common.dumps({"run_id": run["id"], "agreements": [a.to_dict() for a in agreements]}))
         return
     if not agreements:
         click.echo(f"no human grades to compare on run {run['id']} (run `keel eval annotate "
                    f"--run {run['id']}` first)")
         return
-    console = _console()
+    console = common.console()
     console.print(_summary_table(agreements))
     for item in agreements:
         # A heading of its own: as a table title it would wrap to the narrow table's width.

@@ -20,19 +20,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from keel.cli import common
+from keel.cli.common import json_option, store_options
 from keel.errors import ConfigError, InvalidRequest
-
-
-def _store_options(fn):
-    fn = click.option("--db", "db_url", metavar="URL",
-                      help="Database URL; overrides the config.")(fn)
-    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH",
-                      help="keel.yaml: the gateway to run against, and its store.")(fn)
-    return fn
-
-
-def _json_option(fn):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
 
 
 @click.group("eval")
@@ -58,7 +48,7 @@ def _thresholds(ctx, param, values) -> dict[str, float]:
 
 @eval_group.command("run")
 @click.argument("suite_path", metavar="SUITE", type=click.Path(exists=True, dir_okay=False))
-@_store_options
+@store_options
 @click.option("--resume", metavar="RUN", help="Continue this run: only missing or failed cells.")
 @click.option("--model", help="Registry evals: the Keel model to evaluate.")
 @click.option("--judge-model", help="Registry evals: the judge (default: --model).")
@@ -70,7 +60,7 @@ def _thresholds(ctx, param, values) -> dict[str, float]:
 @click.option("--baseline", metavar="RUN", help="Baseline for --max-regression "
               "(default: the previous finished run of the same suite).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@_json_option
+@json_option
 def run_command(suite_path, config_path, db_url, resume, model, judge_model, eval_name,
                 fail_under, max_regression, baseline, no_progress, as_json) -> None:
     """Run a suite (or an OpenAI evals registry YAML) and print its summary."""
@@ -83,7 +73,7 @@ def run_command(suite_path, config_path, db_url, resume, model, judge_model, eva
     suites = _suites(suite_path, model, judge_model, eval_name, config_path)
     if resume and len(suites) > 1:
         raise InvalidRequest("--resume takes one suite; pick the eval with --eval")
-    console, reports, failed = _console(), [], False
+    console, reports, failed = common.console(), [], False
     for suite in suites:
         gateway_config = config_path or suite.config_path()
         config = load_config(gateway_config)
@@ -103,7 +93,7 @@ def run_command(suite_path, config_path, db_url, resume, model, judge_model, eva
         if not as_json:
             _print_run(console, reports[-1], summary_table)
     if as_json:
-        click.echo(_dumps(reports[0] if len(reports) == 1 else reports))
+        click.echo(common.dumps(reports[0] if len(reports) == 1 else reports))
     if failed:
         raise SystemExit(1)
 
@@ -153,8 +143,8 @@ def _print_run(console: Console, report: dict, summary_table) -> None:
 @eval_group.command("list")
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--suite", help="Only runs of this suite.")
-@_store_options
-@_json_option
+@store_options
+@json_option
 def list_command(limit, suite, config_path, db_url, as_json) -> None:
     """The newest runs first, with each variant's grader means."""
     from keel.evals.runs import list_runs
@@ -162,7 +152,7 @@ def list_command(limit, suite, config_path, db_url, as_json) -> None:
     with _open_store(config_path, db_url) as store:
         rows = list_runs(store, limit=limit, suite=suite)
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(common.dumps(rows))
         return
     if not rows:
         click.echo("no eval runs")
@@ -171,17 +161,17 @@ def list_command(limit, suite, config_path, db_url, as_json) -> None:
     for name in ("id", "time", "suite", "status", "dataset", "git", "variant: grader means"):
         table.add_column(name, no_wrap=name != "variant: grader means")
     for run in rows:
-        table.add_row(run["id"], _time(run["created_at"]), run["suite"], _status(run["status"]),
+        table.add_row(run["id"], common.when(run["created_at"]), run["suite"], _status(run["status"]),
                       f"{run['dataset_name']}@{run['dataset_version'][:8]}",
                       (run.get("git_commit") or "-")[:8], _means(run.get("summary")))
-    _console().print(table)
+    common.console().print(table)
 
 
 @eval_group.command("show")
 @click.argument("run_id", metavar="RUN")
 @click.option("--samples", is_flag=True, help="Also list every cell's output and grades.")
-@_store_options
-@_json_option
+@store_options
+@json_option
 def show_command(run_id, samples, config_path, db_url, as_json) -> None:
     """One run: its audit (dataset, variants, graders, judge, git, Keel version) and summary."""
     from keel.evals.report import export_rows, summary_table
@@ -192,9 +182,9 @@ def show_command(run_id, samples, config_path, db_url, as_json) -> None:
         cells = results(store, run["id"]) if (samples or as_json) else []
         by_id = run_samples(store, run) if (samples or as_json) else {}
     if as_json:
-        click.echo(_dumps({**run, "results": export_rows(run, cells, by_id)}))
+        click.echo(common.dumps({**run, "results": export_rows(run, cells, by_id)}))
         return
-    console = _console()
+    console = common.console()
     _print_audit(console, run)
     console.print(summary_table(run.get("summary") or {}))
     if samples:
@@ -210,7 +200,7 @@ def _print_audit(console: Console, run: dict) -> None:
     for label, value in [
         ("run", run["id"]),
         ("suite", f"{run['suite']} ({(config.get('suite') or {}).get('file')})"),
-        ("status", run["status"]), ("time", _time(run["created_at"])),
+        ("status", run["status"]), ("time", common.when(run["created_at"])),
         ("dataset", f"{run['dataset_name']}@{run['dataset_version']} "
                     f"({dataset.get('samples', '?')} samples)"),
         ("gateway config", config.get("gateway_config") or "(default)"),
@@ -263,8 +253,8 @@ def _cells_table(rows: list[dict]) -> Table:
 @click.argument("run_b", metavar="RUN_B[:VARIANT]")
 @click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=0),
               help="At most this many regressed (and improved) samples shown.")
-@_store_options
-@_json_option
+@store_options
+@json_option
 def compare_command(run_a, run_b, limit, config_path, db_url, as_json) -> None:
     """Per grader: means with 95% bootstrap intervals and the difference; then the samples that
     regressed and improved, side by side."""
@@ -279,9 +269,9 @@ def compare_command(run_a, run_b, limit, config_path, db_url, as_json) -> None:
     pairs = pair_variants(_variants(a, cells_a), _variants(b, cells_b), want_a, want_b)
     found = compare(cells_a, cells_b, pairs, samples)
     if as_json:
-        click.echo(_dumps({"run_a": a["id"], "run_b": b["id"], "pairs": found}))
+        click.echo(common.dumps({"run_a": a["id"], "run_b": b["id"], "pairs": found}))
         return
-    console = _console()
+    console = common.console()
     if a["dataset_version"] != b["dataset_version"]:
         console.print(Text(f"note: the runs used different dataset versions "
                            f"({a['dataset_version'][:12]} vs {b['dataset_version'][:12]}); "
@@ -332,8 +322,9 @@ def _side_by_side(entries: list[dict], fmt) -> Table:
         grades = "\n".join(
             f"{g}: {fmt(e['scores_a'].get(g), 2)} → {fmt(e['scores_b'].get(g), 2)}"
             + _labels(e, g) for g in e["delta"])
-        table.add_row(e["sample_id"], e["input"] or "", _ideal(e["ideal"]), e["output_a"],
-                      e["output_b"], grades)
+        # Long answers are cut here; `--json` and `keel eval show --samples` have them whole.
+        table.add_row(e["sample_id"], _short(e["input"] or "", 160), _short(_ideal(e["ideal"])),
+                      _short(e["output_a"], 160), _short(e["output_b"], 160), grades)
     return table
 
 
@@ -358,7 +349,7 @@ def _with_ci(value, ci, signed: bool = False) -> str:
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File (default: stdout).")
-@_store_options
+@store_options
 def export_command(run_id, fmt, output, config_path, db_url) -> None:
     """Every cell of a run as CSV (one column per grade) or JSONL."""
     from keel.evals.report import export_rows, to_csv, to_jsonl
@@ -379,7 +370,7 @@ def export_command(run_id, fmt, output, config_path, db_url) -> None:
 @click.argument("run_id", metavar="RUN")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="report.html",
               show_default=True)
-@_store_options
+@store_options
 def report_command(run_id, output, config_path, db_url) -> None:
     """A self-contained HTML page: summary, audit, every sample's outputs and grades."""
     from keel.evals.report import to_html
@@ -396,41 +387,16 @@ def report_command(run_id, output, config_path, db_url) -> None:
 
 
 class _open_store:
-    """The store of `--db` or the config, for reading; it must already exist."""
+    """The store of `--db` or the config, for reading (it must already exist); closed after."""
 
     def __init__(self, config_path: str | None, db_url: str | None) -> None:
-        from keel.config import load_config
-        from keel.store import open_store
-        from keel.store.db import sqlite_path
-
-        url = db_url or load_config(config_path).database_url()
-        path = sqlite_path(url)
-        if path is not None and not path.exists():
-            raise ConfigError(f"no database at {path} (run `keel eval run` first, or pass "
-                              f"--config / --db)")
-        self.store = open_store(url)
+        self.store = common.open_store_for(config_path, db_url)
 
     def __enter__(self):
         return self.store
 
     def __exit__(self, *exc) -> None:
         self.store.close()
-
-
-def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-                        default=str).decode()
-
-
-def _time(epoch: float) -> str:
-    from datetime import datetime
-
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _status(status: str) -> Text:

@@ -12,26 +12,19 @@ import asyncio
 import click
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
+from keel.cli import common
+from keel.cli.common import json_option, store_options
 from keel.errors import InvalidRequest
-
-
-def _store_options(fn):
-    fn = click.option(
-        "--db", "db_url", metavar="URL", help="Database URL; overrides the config."
-    )(fn)
-    fn = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH",
-        help="keel.yaml naming the store and embedders (default: ./.keel/keel.db, minilm).",
-    )(fn)
-    return fn
-
-
-def _json_option(fn):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON, not tables.")(fn)
 
 
 @click.command()
@@ -43,8 +36,8 @@ def _json_option(fn):
               help="The text field of JSONL records.")
 @click.option("--rebuild", is_flag=True,
               help="Empty the collection and re-embed it (after an embedder change).")
-@_store_options
-@_json_option
+@store_options
+@json_option
 def ingest(paths, collection, prune, embedder, text_field, rebuild, config_path, db_url,
            as_json) -> None:
     """Ingest files and folders (Markdown, text, HTML, PDF, JSONL) into a collection."""
@@ -64,7 +57,7 @@ def ingest(paths, collection, prune, embedder, text_field, rebuild, config_path,
 
     result = _run(config_path, db_url, run)
     if as_json:
-        click.echo(_dumps(result.to_dict()))
+        click.echo(common.dumps(result.to_dict()))
         return
     report, version = result
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -73,7 +66,7 @@ def ingest(paths, collection, prune, embedder, text_field, rebuild, config_path,
     counts = report.to_dict()
     table.add_row(*(str(counts[n]) for n in ("added", "updated", "unchanged", "removed",
                                               "chunks")), version)
-    _console().print(table)
+    common.console().print(table)
 
 
 @click.command()
@@ -84,8 +77,8 @@ def ingest(paths, collection, prune, embedder, text_field, rebuild, config_path,
               show_default=True)
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Only chunks whose metadata KEY equals VALUE (repeatable).")
-@_store_options
-@_json_option
+@store_options
+@json_option
 def search(query, collection, top_k, mode, filters, config_path, db_url, as_json) -> None:
     """Search a collection: ranked chunks with scores, sources and locations."""
     parsed = parse_filters(filters)
@@ -95,7 +88,7 @@ def search(query, collection, top_k, mode, filters, config_path, db_url, as_json
 
     hits = _run(config_path, db_url, run)
     if as_json:
-        click.echo(_dumps([hit.to_dict() for hit in hits]))
+        click.echo(common.dumps([hit.to_dict() for hit in hits]))
         return
     if not hits:
         click.echo("no results")
@@ -112,12 +105,12 @@ def search(query, collection, top_k, mode, filters, config_path, db_url, as_json
             where += f"\n{hit.location}"
         score = Text(f"{hit.score:.4f}\n") + Text(raw, style="dim")
         table.add_row(str(rank), score, Text(where), Text(_preview(hit.text)))
-    _console().print(table)
+    common.console().print(table)
 
 
 @click.command()
-@_store_options
-@_json_option
+@store_options
+@json_option
 def collections(config_path, db_url, as_json) -> None:
     """The knowledge collections: documents, chunks, embedder and version."""
 
@@ -126,7 +119,7 @@ def collections(config_path, db_url, as_json) -> None:
 
     rows = _run(config_path, db_url, run)
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(common.dumps(rows))
         return
     if not rows:
         click.echo("no collections")
@@ -138,7 +131,7 @@ def collections(config_path, db_url, as_json) -> None:
     for row in rows:
         table.add_row(row["name"], str(row["documents"]), str(row["chunks"]), row["embedder"],
                       str(row["dim"]), row["version"])
-    _console().print(table)
+    common.console().print(table)
 
 
 def parse_filters(pairs: tuple[str, ...]) -> dict:
@@ -186,12 +179,3 @@ def _progress_bar() -> Progress:
 def _preview(text: str, limit: int = 400) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()

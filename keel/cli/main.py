@@ -28,12 +28,13 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from keel.cli.evals import eval_group
     from keel.cli.fake_upstream import fake_upstream
     from keel.cli.knowledge import collections, ingest, search
     from keel.cli.serve import serve
     from keel.cli.traces import traces
 
-    for command in (serve, ingest, search, collections, traces, fake_upstream):
+    for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream):
         cli.add_command(command)
 
 

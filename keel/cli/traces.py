@@ -6,10 +6,6 @@ print a table for people, and `--json` for scripts.
 
 from __future__ import annotations
 
-import re
-import time
-from datetime import datetime
-
 import click
 import orjson
 from rich.console import Console
@@ -17,22 +13,8 @@ from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
-from keel.errors import ConfigError, InvalidRequest
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _db_options(fn):
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(fn)
-    fn = click.option(
-        "--db", "db_url", metavar="URL", help="Database URL; overrides the config."
-    )(fn)
-    fn = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH",
-        help="keel.yaml whose store to read (default: ./.keel/keel.db).",
-    )(fn)
-    return fn
+from keel.cli import common
+from keel.cli.common import json_option, store_options
 
 
 @click.group()
@@ -45,7 +27,8 @@ def traces() -> None:
 @click.option("--model", help="Only this public model name.")
 @click.option("--status", help="An HTTP status (200, 429), or 'ok' / 'error'.")
 @click.option("--since", metavar="AGE", help="Only traces newer than this, e.g. 30s, 10m, 2h, 1d.")
-@_db_options
+@store_options
+@json_option
 def list_command(limit, model, status, since, config_path, db_url, as_json) -> None:
     """The newest traces first."""
     from keel.ops.trace_queries import list_traces
@@ -53,20 +36,21 @@ def list_command(limit, model, status, since, config_path, db_url, as_json) -> N
     store = _open_store(config_path, db_url)
     try:
         rows = list_traces(store, limit=limit, model=model, status=status,
-                           since=_since(since) if since else None)
+                           since=common.since(since) if since else None)
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps(rows))
+        click.echo(common.dumps(rows))
     elif not rows:
         click.echo("no traces")
     else:
-        _console().print(_list_table(rows))
+        common.console().print(_list_table(rows))
 
 
 @traces.command("show")
 @click.argument("trace_id", metavar="ID")
-@_db_options
+@store_options
+@json_option
 def show_command(trace_id, config_path, db_url, as_json) -> None:
     """One trace in full: summary, span timeline, request and response (ID may be a prefix)."""
     from keel.ops.trace_queries import get_trace
@@ -77,44 +61,16 @@ def show_command(trace_id, config_path, db_url, as_json) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(_dumps(trace))
+        click.echo(common.dumps(trace))
     else:
-        _print_trace(_console(), trace)
+        _print_trace(common.console(), trace)
 
 
 # -- opening the store -----------------------------------------------------------------------
 
 
 def _open_store(config_path: str | None, db_url: str | None):
-    from keel.config import load_config
-    from keel.store import open_store
-    from keel.store.db import sqlite_path
-
-    url = db_url or load_config(config_path).database_url()
-    path = sqlite_path(url)
-    if path is not None and not path.exists():
-        # Reading should not leave an empty database behind in whatever folder we run in.
-        raise ConfigError(
-            f"no trace database at {path} (run `keel serve` first, or pass --config / --db)"
-        )
-    return open_store(url)
-
-
-def _console() -> Console:
-    console = Console()
-    # Piped into grep or a file, rich would assume 80 columns and cut ids short.
-    return console if console.is_terminal else Console(width=400)
-
-
-def _since(age: str) -> float:
-    match = _DURATION.fullmatch(age.strip().lower())
-    if not match:
-        raise InvalidRequest(f"--since: expected an age like 30s, 10m, 2h or 1d, got {age!r}")
-    return time.time() - float(match.group(1)) * _SECONDS[match.group(2)]
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    return common.open_store_for(config_path, db_url)
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -131,7 +87,7 @@ def _list_table(rows: list[dict]) -> Table:
     for row in rows:
         table.add_row(
             row["id"],
-            _time(row["created_at"]),
+            common.when(row["created_at"]),
             row["model"] or "-",
             _route(row),
             _status(row["status"]),
@@ -149,7 +105,7 @@ def _print_trace(console: Console, trace: dict) -> None:
     summary.add_column()
     for label, value in [
         ("id", trace["id"]),
-        ("time", _time(trace["created_at"])),
+        ("time", common.when(trace["created_at"])),
         ("endpoint", trace["endpoint"] + (" (stream)" if trace["stream"] else "")),
         ("model", trace["model"] or "-"),
         ("provider → upstream", _route(trace)),
@@ -190,10 +146,6 @@ def _span_table(spans: list[dict]) -> Table:
     if not spans:
         table.add_row(Text("(none)", "dim"), "", "", "")
     return table
-
-
-def _time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _route(row: dict) -> str:

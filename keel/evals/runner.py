@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +73,8 @@ async def run_suite(suite: Suite, config, store, *, resume: str | None = None,
         except BaseException:
             await runner.writer.flush()
             _finish(store, run_id, runs.FAILED, suite, audit, runner.fingerprints)
+            print(f"run {run_id} stopped; its finished cells are kept. Resume it with "
+                  f"`keel eval run {suite.source} --resume {run_id}`", file=sys.stderr)
             raise
         summary = _finish(store, run_id, runs.FINISHED, suite, audit, runner.fingerprints)
         return RunOutcome(run_id, summary, cells_run=len(cells), cells_kept=kept, config=audit)
@@ -124,7 +127,12 @@ def _finish(store, run_id, status, suite, audit, fingerprints) -> dict:
 def resolve_dataset(suite: Suite, store) -> tuple[str, str, list[Sample]]:
     """(name, version, samples) of the suite's dataset. A file is imported into the store (a
     new version only when its content changed), so every run names data the store holds."""
-    from keel.evals.datasets import dataset_version, get_dataset, import_dataset, load_samples
+    from keel.evals.datasets import (
+        dataset_version,
+        get_dataset,
+        import_dataset,
+        load_samples,
+    )
 
     path = suite.dataset_path()
     if path is None:
@@ -378,8 +386,14 @@ async def _gather_all(coros) -> None:
 
 def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(),

@@ -89,3 +89,18 @@ def test_messages_template_fills_placeholders_and_leaves_other_braces():
     messages = build_messages(suite.variants["a"], SAMPLE)
     assert messages[0] == {"role": "system", "content": "Use the context."}
     assert messages[1]["content"] == "Context: Go to Settings.\nQ: How do I reset {it}? {json}"
+
+
+def test_the_example_suite_and_registry_file_parse():
+    from pathlib import Path
+
+    from keel.evals.registry import load_registry_suites
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "evals"
+    suite = load_suite(examples / "support-bot.yaml")
+    assert list(suite.variants) == ["baseline", "concise"]
+    assert [g.kind for g in suite.graders] == ["includes", "regex", "fact"]
+    assert suite.dataset_path().is_file() and suite.config_path().is_file()
+    registry = load_registry_suites(examples / "registry" / "evals" / "support-faq.yaml",
+                                    "support-bot")
+    assert [s.graders[0].kind for s in registry] == ["includes", "classify"]

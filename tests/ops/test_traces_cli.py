@@ -96,7 +96,7 @@ def test_config_names_the_store(tmp_path):
 def test_no_database_yet_is_a_clean_error_and_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("list")
-    assert result.exit_code == 2 and "no trace database at .keel/keel.db" in result.output
+    assert result.exit_code == 2 and "no database at .keel/keel.db" in result.output
     assert not (tmp_path / ".keel").exists()
 
 
