@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from keel.errors import ConfigError
 
@@ -178,21 +185,29 @@ def load_config(path: str | os.PathLike | None = None) -> KeelConfig:
     if path is None:
         return default_config()
     path = Path(path)
+    raw = _expand_env(read_yaml(path, empty={}), path, ())
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        config = KeelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path, exc)) from None
+    validate_components(config, path)
+    return config
+
+
+def read_yaml(path: str | os.PathLike, *, empty: Any = None) -> dict:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None and empty is not None:
+        return empty
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = _expand_env(raw, path, ())
-    try:
-        config = KeelConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
-    validate_components(config, path)
-    return config
+    return raw
 
 
 def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> None:
@@ -208,20 +223,15 @@ def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> N
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
         _check_options(cls.Options, provider.model_extra or {}, path, where)
-    for name, embedder in config.embedders.items():
-        where = f"embedders.{name}"
-        try:
-            cls = load("keel.embedders", embedder.kind, "embedder kind")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
-        _check_options(cls.Options, embedder.model_extra or {}, path, where)
-    for name, tool in config.tools.items():
-        where = f"tools.{name}"
-        try:
-            cls = load("keel.tools", tool.kind, "tool kind")
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
-        _check_options(cls.Options, tool.model_extra or {}, path, where)
+    for group, what, section in [("keel.embedders", "embedder kind", "embedders"),
+                                 ("keel.tools", "tool kind", "tools")]:
+        for name, spec in getattr(config, section).items():
+            where = f"{section}.{name}"
+            try:
+                cls = load(group, spec.kind, what)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {where}.kind: {exc.message}") from None
+            _check_options(cls.Options, spec.model_extra or {}, path, where)
     for where, spec in _layer_places(config):
         try:
             cls = layer_class(spec.name)
@@ -245,10 +255,10 @@ def _check_options(options_cls: type[BaseModel], values: dict, path, where: str)
     try:
         options_cls.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, exc, prefix=where)) from None
+        raise ConfigError(describe_validation_error(path, exc, prefix=where)) from None
 
 
-def _describe(path, exc: ValidationError, prefix: str = "") -> str:
+def describe_validation_error(path, exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after",))

@@ -13,8 +13,8 @@ import time
 from keel.config import KeelConfig, LayerSpec
 from keel.errors import ModelNotFound
 from keel.pipeline import Context, Route, Trace
-from keel.pipeline.request import validate_chat_request
 from keel.pipeline.assemble import build_chain, make_layer
+from keel.pipeline.request import validate_chat_request
 from keel.pipeline.runtime import Runtime
 from keel.providers.registry import provider_class
 

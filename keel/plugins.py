@@ -70,3 +70,18 @@ def load(group: str, name: str, what: str) -> type:
         raise ConfigError(f"unknown {what} {name!r}; expected one of: {known}")
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def import_callable(target: str, where: str):
+    """The function named "package.module:function" (dots after the colon reach attributes);
+    `where` names the config field, for the error."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        found = importlib.import_module(module_name)
+        for part in filter(None, attribute.split(".")):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot import {target!r}: {exc}") from None
+    if not callable(found):
+        raise ConfigError(f"{where}: {target!r} is not callable")
+    return found

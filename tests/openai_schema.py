@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
-
-import os
 
 # The project's shared/ folder sits beside the repository (as on CI); KEEL_OPENAPI_SPEC overrides.
 SPEC = Path(os.environ.get("KEEL_OPENAPI_SPEC")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-
-import json
-import urllib.error
-import urllib.request
 
 
 @contextmanager

@@ -23,7 +23,12 @@ from keel.embeddings.base import EmbedderOptions, Embeddings
 from keel.embeddings.vectors import l2_normalise
 from keel.errors import UpstreamError, UpstreamTimeout
 from keel.providers.openai_errors import http_error
-from keel.providers.upstream import UpstreamOptions, base_headers, open_session, timeout_error
+from keel.providers.upstream import (
+    UpstreamOptions,
+    base_headers,
+    open_session,
+    timeout_error,
+)
 
 
 class OpenAIEmbedderOptions(EmbedderOptions, UpstreamOptions):

@@ -23,8 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from keel.config import read_yaml
 from keel.errors import ConfigError
 from keel.evals.suite import Suite, parse_suite
 
@@ -48,16 +47,7 @@ class RegistryEval:
 
 
 def read_registry(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return raw
+    return read_yaml(path)
 
 
 def is_registry(raw: Any) -> bool:

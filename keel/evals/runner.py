@@ -177,7 +177,7 @@ def _judged(kind: str) -> bool:
 def build_graders(suite: Suite, judge) -> dict:
     from pydantic import ValidationError
 
-    from keel.config import _describe
+    from keel.config import describe_validation_error
 
     graders = {}
     for i, spec in enumerate(suite.graders):
@@ -188,7 +188,7 @@ def build_graders(suite: Suite, judge) -> dict:
         try:
             graders[spec.label] = _make_grader(spec.kind, spec.label, options, judge)
         except ValidationError as exc:
-            raise ConfigError(_describe(suite.source, exc, prefix=where)) from None
+            raise ConfigError(describe_validation_error(suite.source, exc, prefix=where)) from None
         except KeelError as exc:
             raise ConfigError(f"{suite.source}: {where} ({spec.label}): {exc.message}") from None
     return graders

@@ -27,10 +27,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
-from keel.config import _describe
+from keel.config import describe_validation_error, read_yaml
 from keel.errors import ConfigError
 from keel.evals.base import Sample
 
@@ -175,14 +181,7 @@ class Suite(Strict):
 
 
 def load_suite(path: str | Path) -> Suite:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_suite(raw, path)
+    return parse_suite(read_yaml(path), path)
 
 
 def parse_suite(raw: Any, path: str | Path = "<suite>") -> Suite:
@@ -192,7 +191,7 @@ def parse_suite(raw: Any, path: str | Path = "<suite>") -> Suite:
     try:
         suite = Suite.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+        raise ConfigError(describe_validation_error(path, exc)) from None
     return suite.located(path.parent, str(path))
 
 

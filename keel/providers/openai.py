@@ -23,7 +23,12 @@ from keel.providers.base import ProviderOptions
 from keel.providers.openai_errors import http_error, stream_error
 from keel.providers.openai_sse import SSEDecoder
 from keel.providers.shapes import normalize_chunk, normalize_completion
-from keel.providers.upstream import UpstreamOptions, base_headers, open_session, timeout_error
+from keel.providers.upstream import (
+    UpstreamOptions,
+    base_headers,
+    open_session,
+    timeout_error,
+)
 
 
 class OpenAIOptions(ProviderOptions, UpstreamOptions):

@@ -6,8 +6,8 @@ import json
 import time
 
 import pytest
-from pydantic import ValidationError
 from jsonschema import Draft202012Validator
+from pydantic import ValidationError
 
 from keel.errors import InvalidRequest, UpstreamError, UpstreamRateLimited
 from keel.providers import provider_class, shapes

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from keel import plugins
-from keel.config import _describe
+from keel.config import describe_validation_error
 from keel.errors import ConfigError
 from keel.evals.base import Grader, Judge
 
@@ -44,5 +44,5 @@ def make_grader(kind: str, name: str | None, options: dict[str, Any], judge: Jud
     try:
         validated = cls.Options.model_validate(options)
     except ValidationError as exc:
-        raise ConfigError(_describe(f"grader {name!r} ({kind})", exc)) from None
+        raise ConfigError(describe_validation_error(f"grader {name!r} ({kind})", exc)) from None
     return cls(name, validated, judge)

@@ -13,16 +13,14 @@ grades that sample 0 with label "__error__"; the run goes on.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field
 
-from keel.errors import ConfigError
 from keel.evals.base import Grade, GraderOptions, Judge, Output, Sample
 from keel.evals.graders.common import BaseGrader
+from keel.plugins import import_callable
 
 
 class PythonOptions(GraderOptions):
@@ -36,7 +34,7 @@ class PythonGrader(BaseGrader):
 
     def __init__(self, name: str, options: PythonOptions, judge: Judge | None = None) -> None:
         super().__init__(name, options, judge)
-        self.function = import_function(options.function)
+        self.function = import_callable(options.function, f"python grader {name!r}")
 
     async def evaluate(self, sample: Sample, output: Output) -> Grade:
         result = self.function(sample, output)
@@ -64,16 +62,3 @@ class PythonGrader(BaseGrader):
         score = min(max(raw, 0.0), 1.0)
         details = {} if score == raw else {"raw_score": raw}
         return Grade(score=score, passed=score >= self.options.threshold, details=details)
-
-
-def import_function(target: str) -> Callable:
-    module_name, _, attribute = target.partition(":")
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"python grader: cannot import {target!r}: {exc}") from None
-    if not callable(found):
-        raise ConfigError(f"python grader: {target!r} is not callable")
-    return found

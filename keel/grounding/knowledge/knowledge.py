@@ -27,7 +27,11 @@ from keel.grounding.knowledge.base import (
     Hit,
     IngestReport,
 )
-from keel.grounding.knowledge.chunking import ChunkSettings, chunk_sections, estimate_tokens
+from keel.grounding.knowledge.chunking import (
+    ChunkSettings,
+    chunk_sections,
+    estimate_tokens,
+)
 from keel.grounding.knowledge.fusion import (
     CONVEX_ALPHA,
     FUSIONS,

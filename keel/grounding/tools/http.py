@@ -19,7 +19,12 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 from yarl import URL
 
-from keel.grounding.tools.base import ArgumentChecker, ToolError, ToolOptions, function_definition
+from keel.grounding.tools.base import (
+    ArgumentChecker,
+    ToolError,
+    ToolOptions,
+    function_definition,
+)
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}

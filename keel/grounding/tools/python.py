@@ -10,7 +10,6 @@ else as JSON.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, get_type_hints
@@ -18,8 +17,8 @@ from typing import Any, ClassVar, get_type_hints
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from keel.errors import ConfigError
 from keel.grounding.tools.base import ToolError, ToolOptions, function_definition
+from keel.plugins import import_callable
 
 
 class PythonOptions(ToolOptions):
@@ -42,7 +41,7 @@ class PythonTool:
 
     async def start(self) -> None:
         if self._function is None:
-            self._function = import_function(self.options.function, self.name)
+            self._function = import_callable(self.options.function, f"tools.{self.name}.function")
             self._model = arguments_model(self._function)
 
     async def aclose(self) -> None:
@@ -75,19 +74,6 @@ class PythonTool:
         if self._function is None or self._model is None:
             raise RuntimeError(f"tool {self.name!r} is not started")
         return self._function, self._model
-
-
-def import_function(target: str, tool_name: str) -> Callable:
-    module_name, _, attr = target.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"tools.{tool_name}.function: cannot import {target!r}: {exc}") from None
-    if not callable(obj):
-        raise ConfigError(f"tools.{tool_name}.function: {target!r} is not callable")
-    return obj
 
 
 def arguments_model(function: Callable) -> type[BaseModel]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from keel.grounding.knowledge.base import Section
-from keel.grounding.knowledge.chunking import ChunkSettings, chunk_sections, estimate_tokens
+from keel.grounding.knowledge.chunking import (
+    ChunkSettings,
+    chunk_sections,
+    estimate_tokens,
+)
 
 
 def words(n: int, stem: str = "word") -> str:

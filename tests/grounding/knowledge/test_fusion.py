@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from keel.grounding.knowledge.fusion import convex_fusion, min_max, reciprocal_rank_fusion
+from keel.grounding.knowledge.fusion import (
+    convex_fusion,
+    min_max,
+    reciprocal_rank_fusion,
+)
 
 
 def test_rrf_matches_a_hand_computed_case():

@@ -5,7 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from keel.store import open_store
-from keel.store.models import knowledge_chunks, knowledge_collections, knowledge_documents
+from keel.store.models import (
+    knowledge_chunks,
+    knowledge_collections,
+    knowledge_documents,
+)
 
 
 def test_migrated_tables_match_the_models(db_url):

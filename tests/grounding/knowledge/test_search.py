@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from keel.errors import InvalidRequest
-from keel.grounding.knowledge.fulltext import fts5_match
 from keel.grounding.knowledge import KnowledgeBase
+from keel.grounding.knowledge.fulltext import fts5_match
 from keel.grounding.knowledge.fusion import convex_fusion, reciprocal_rank_fusion
 
 DOCS = [

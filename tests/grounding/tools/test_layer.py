@@ -7,7 +7,13 @@ import pytest
 
 from keel.errors import ConfigError
 from keel.grounding.tools.loop import STOPPED
-from tests.grounding.tools.scripted import Harness, ScriptedProvider, calls, text, tool_results
+from tests.grounding.tools.scripted import (
+    Harness,
+    ScriptedProvider,
+    calls,
+    text,
+    tool_results,
+)
 
 FUNCTIONS = "tests.grounding.tools.sample_functions"
 

@@ -9,7 +9,12 @@ from keel.api import create_app
 from keel.config import KeelConfig, ModelConfig, ProviderConfig, ToolConfig
 from keel.gateway import Gateway
 from keel.grounding.tools.loop import STOPPED
-from tests.grounding.tools.scripted import Harness, ScriptedProvider, calls, tool_results
+from tests.grounding.tools.scripted import (
+    Harness,
+    ScriptedProvider,
+    calls,
+    tool_results,
+)
 from tests.grounding.tools.test_layer import WEATHER, answer_with_results, py
 
 
