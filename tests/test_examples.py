@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -78,3 +79,31 @@ def test_mortgage_rates_model_calls_the_service_and_answers(tmp_path):
     finally:
         service.terminate()
         service.wait(timeout=10)
+
+
+def test_eval_suite_runs_on_the_embedded_model_and_gates(tmp_path):
+    """The examples/evals workflow, cut to three samples: ingest, run, a failing gate, compare."""
+    examples = EXAMPLES / "evals"
+    (tmp_path / "data").mkdir()
+    lines = (examples / "data" / "support.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "data" / "support.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "keel.yaml").write_text((examples / "keel.yaml").read_text())
+    suite = (examples / "support-bot.yaml").read_text()
+    suite = suite.split("  - kind: fact")[0] + "\njudge:\n  model: smollm2\nconcurrency: 2\n"
+    (tmp_path / "suite.yaml").write_text(suite)
+
+    def keel(*args):
+        return subprocess.run([sys.executable, "-m", "keel", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    assert keel("ingest", str(EXAMPLES / "support-bot" / "faq"), "--collection", "support",
+                "--config", "keel.yaml").returncode == 0
+    first = keel("eval", "run", "suite.yaml", "--no-progress", "--json")
+    assert first.returncode == 0, first.stderr
+    run = json.loads(first.stdout)
+    run_id = run["run_id"]
+    assert run["summary"]["variants"]["baseline"]["errors"] == 0
+    gate = keel("eval", "run", "suite.yaml", "--no-progress", "--fail-under", "key-fact=1.01")
+    assert gate.returncode == 1 and "key-fact" in (gate.stdout + gate.stderr)
+    compare = keel("eval", "compare", f"{run_id}:baseline", f"{run_id}:concise")
+    assert compare.returncode == 0 and "key-fact" in compare.stdout
