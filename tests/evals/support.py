@@ -13,6 +13,7 @@ FAKE_MODELS = {
     "fixed-paris": {"provider": "fake", "model": "fixed:Paris"},
     "fixed-millie": {"provider": "fake", "model": "fixed:millie bobby brown"},
     "slow": {"provider": "fake", "model": "slow-30"},
+    "slower": {"provider": "fake", "model": "slow-150"},
     "flaky": {"provider": "fake", "model": "flaky"},
     "broken": {"provider": "fake", "model": "error-503"},
     "bad-request": {"provider": "fake", "model": "error-400"},

@@ -111,12 +111,18 @@ def test_errors_that_remain_are_recorded_and_graded_zero(setup):
 def test_resume_runs_only_the_missing_cells(setup, monkeypatch):
     tmp_path, config_path, store = setup
     suite = load_suite(write_suite(tmp_path, config_path, n=20, concurrency=2,
-                                   variants={"slow": {"model": "slow"}}))
+                                   variants={"slow": {"model": "slower"}}))
     config = load_config(config_path)
 
     async def interrupted():
         task = asyncio.create_task(run_suite(suite, config, store, progress=False))
-        await asyncio.sleep(0.2)  # ~2 cells of 30 ms at a time: some done, most not
+        # Start-up time differs per database: wait for the run to exist, then let a few
+        # 150 ms cells (two at a time) finish out of twenty.
+        for _ in range(2000):
+            await asyncio.sleep(0.005)
+            if runs.list_runs(store):
+                break
+        await asyncio.sleep(0.4)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
