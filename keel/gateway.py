@@ -49,6 +49,7 @@ class Gateway:
                 handler=build_chain(layers),
                 created=created,
                 owned_by=spec.provider,
+                pricing=spec.pricing,
             )
         return routes
 

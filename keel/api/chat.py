@@ -27,9 +27,12 @@ async def _complete(request: web.Request, gateway: Gateway, trace: Trace) -> web
     trace.response = result
     trace.record_usage(result.get("usage"))
     trace.system_fingerprint = result.get("system_fingerprint")
-    return web.Response(
-        body=orjson.dumps(result), content_type="application/json", headers=_headers(ctx)
-    )
+    headers = _headers(ctx)
+    if ctx.route.pricing is not None:
+        cost = ctx.route.pricing.cost(trace.prompt_tokens, trace.completion_tokens)
+        headers["x-keel-cost-usd"] = f"{cost:.8f}"
+    return web.Response(body=orjson.dumps(result), content_type="application/json",
+                        headers=headers)
 
 
 def _headers(ctx: Context) -> dict[str, str]:

@@ -23,6 +23,7 @@ class Route:
     handler: Callable[[Context], Awaitable[Result]] | None = None
     created: int = 0
     owned_by: str = "keel"
+    pricing: Any = None  # keel.config.PricingConfig, when the model's price is configured
 
 
 @dataclass(slots=True)

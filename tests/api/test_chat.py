@@ -81,3 +81,31 @@ async def test_model_defaults_apply_unless_the_client_sets_them(tmp_path):
     assert ctx.body["temperature"] == 1.0 and ctx.body["max_tokens"] == 2
     result = await ctx.route.handler(ctx)
     assert result["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_priced_model_reports_the_cost_of_each_answer(tmp_path):
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from keel.api import create_app
+    from keel.config import KeelConfig, ModelConfig, PricingConfig, ProviderConfig
+    from keel.gateway import Gateway
+
+    config = KeelConfig(state_dir=tmp_path, providers={"f": ProviderConfig(kind="fake")},
+                        models={"priced": ModelConfig(provider="f", model="echo",
+                                                      pricing=PricingConfig(input=2, output=10)),
+                                "free": ModelConfig(provider="f", model="echo")})
+    server = TestServer(create_app(Gateway(config)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            url = server.make_url("/v1/chat/completions")
+            async with session.post(url, json={"model": "priced", "messages": USER}) as r:
+                usage = (await r.json())["usage"]
+                cost = float(r.headers["x-keel-cost-usd"])
+            async with session.post(url, json={"model": "free", "messages": USER}) as r:
+                assert "x-keel-cost-usd" not in r.headers
+        expected = (usage["prompt_tokens"] * 2 + usage["completion_tokens"] * 10) / 1e6
+        assert abs(cost - expected) < 1e-8 and cost > 0
+    finally:
+        await server.close()
