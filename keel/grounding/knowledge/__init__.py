@@ -12,6 +12,7 @@ Modules, in the order data flows:
     records.py    the SQL: collections, documents, chunks, and each collection's version
     fulltext.py   SQLite FTS5 (bm25) or PostgreSQL full-text (ts_rank_cd)
     vectors.py    the VectorIndex protocol and the exact numpy index, cached per version
+    ann.py        the optional approximate index (usearch HNSW) and the choice of index
     fusion.py     reciprocal rank fusion of ranked lists
     knowledge.py  the `KnowledgeBase` facade that the grounding layer, CLI and HTTP API call
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from keel.errors import InvalidRequest
-from keel.grounding.knowledge import fulltext, records
+from keel.grounding.knowledge import ann, fulltext, records
 from keel.grounding.knowledge.base import (
     Chunk,
     Document,
@@ -48,7 +48,7 @@ from keel.grounding.knowledge.ingest import (
 )
 from keel.grounding.knowledge.parsers import parse_markdown
 from keel.grounding.knowledge.records import CollectionInfo
-from keel.grounding.knowledge.vectors import ExactIndex, IndexCache
+from keel.grounding.knowledge.vectors import IndexCache
 
 DEFAULT_EMBEDDER = "minilm"
 MODES = ("hybrid", "fulltext", "vector")
@@ -91,12 +91,19 @@ class KnowledgeBase:
         alpha: float = CONVEX_ALPHA,
         rrf_k: int = RRF_K,
         weights: dict[str, float] | None = None,
+        index: str = "exact",
+        ann_threshold: int = ann.ANN_THRESHOLD,
     ) -> None:
         """`fusion`: how hybrid search merges its two lists — `convex` (α·cosine +
         (1−α)·normalised bm25, `alpha`) or `rrf` (reciprocal rank fusion, `rrf_k`, `weights`);
-        see fusion.py."""
+        see fusion.py. `index`: the vector index — `exact`, `ann` (HNSW, needs the `ann`
+        extra) or `auto` (ann from `ann_threshold` chunks when installed); see ann.py."""
         if fusion not in FUSIONS:
             raise ValueError(f"fusion: expected one of {', '.join(FUSIONS)}, not {fusion!r}")
+        if index not in ann.INDEXES:
+            raise ValueError(f"index: expected one of {', '.join(ann.INDEXES)}, not {index!r}")
+        if index == "ann":
+            ann.require()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha: expected a number from 0 to 1, not {alpha!r}")
         self.runtime = runtime
@@ -108,7 +115,12 @@ class KnowledgeBase:
         self.alpha = alpha
         self.rrf_k = rrf_k
         self.weights = weights
-        self._indexes: IndexCache = runtime.shared.setdefault("knowledge.vectors", IndexCache())
+        self.index = index
+        self.ann_threshold = ann_threshold
+        # One cache per kind of index, so knowledge bases asking for different kinds sharing
+        # a runtime each get their own.
+        cache = "knowledge.vectors" if index == "exact" else f"knowledge.vectors.{index}"
+        self._indexes: IndexCache = runtime.shared.setdefault(cache, IndexCache())
 
     @property
     def _engine(self):
@@ -159,7 +171,9 @@ class KnowledgeBase:
             if mode != "fulltext":
                 index = self._indexes.get(
                     info.id, info.version,
-                    lambda: ExactIndex(*records.load_vectors(conn, info.id, info.dim)),
+                    lambda: ann.build_index(self.index,
+                                            *records.load_vectors(conn, info.id, info.dim),
+                                            threshold=self.ann_threshold),
                 )
                 allowed = records.filtered_chunk_ids(conn, info.id, filters) if filters else None
                 ranked["vector"] = index.search(query_vector, depth, allowed)

@@ -3,8 +3,8 @@
 A collection's vectors (float32 blobs in the store) are loaded once into one matrix and kept in
 memory for as long as the collection's version stays the same: a search is then one
 matrix-vector product (~9 ms at 100k × 384) and an argpartition. Any change to the collection
-changes its version, and the next search reloads. An approximate index (faiss, usearch) or
-pgvector would implement the same two methods.
+changes its version, and the next search reloads. The approximate index (HNSW, usearch) in
+ann.py implements the same two methods; pgvector could too.
 """
 
 from __future__ import annotations
@@ -49,20 +49,33 @@ class ExactIndex:
         scores = self.matrix @ np.asarray(query, dtype=np.float32)
         if allowed is not None:
             scores = np.where(np.isin(self.ids, allowed), scores, -np.inf)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(self.ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
+        return top_k(self.ids, scores, k)
 
-    def similarities(self, query, ids):
-        if not len(self.ids) or not ids:
-            return {}
+    def rows(self, ids) -> np.ndarray:
+        """The matrix rows of these chunk ids, in their order; ids the index lacks: left out."""
+        if not len(self.ids):
+            return np.zeros(0, dtype=np.int64)
         wanted = np.asarray(ids, dtype=np.int64)
         rows = np.searchsorted(self.ids, wanted)  # ids are stored in ascending order
         rows = np.minimum(rows, len(self.ids) - 1)
-        found = self.ids[rows] == wanted
-        scores = self.matrix[rows[found]] @ np.asarray(query, dtype=np.float32)
-        return {int(cid): float(s) for cid, s in zip(wanted[found], scores)}
+        return rows[self.ids[rows] == wanted]
+
+    def similarities(self, query, ids):
+        if not len(self.ids) or not len(ids):
+            return {}
+        rows = self.rows(ids)
+        scores = self.matrix[rows] @ np.asarray(query, dtype=np.float32)
+        return {int(cid): float(s) for cid, s in zip(self.ids[rows], scores)}
+
+
+def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k best (id, score) pairs, best first; -inf scores (filtered out) are dropped."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return []
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return [(int(ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
 
 
 class IndexCache:
