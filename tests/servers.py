@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,18 +45,30 @@ def keel_server(
 
 
 def _wait_for_listening(process: subprocess.Popen, timeout: float) -> str:
+    # A thread keeps draining the server's output for its whole life: a blocking readline here
+    # would ignore the deadline, and an unread pipe that fills up would block the server.
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_drain, args=(process.stdout, lines), daemon=True).start()
     deadline = time.monotonic() + timeout
     seen = []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                raise RuntimeError("keel serve exited:\n" + "".join(seen))
-            continue
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
+            process.wait(timeout=10)
+            raise RuntimeError(f"keel serve exited ({process.returncode}):\n" + "".join(seen))
         seen.append(line)
         if line.startswith("Keel listening on "):
             return line.split()[-1].strip()
     raise RuntimeError("keel serve did not start in time:\n" + "".join(seen))
+
+
+def _drain(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
 
 
 def wait_for_trace(base_dir: Path, trace_id: str, timeout: float = 10) -> dict:

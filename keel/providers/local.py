@@ -68,6 +68,7 @@ class LocalProvider:
 
     async def start(self) -> None:
         from keel.providers.local_engine import Engine, LoadSettings
+        from keel.providers.local_preflight import check_engine_runs
         from keel.providers.local_worker import Worker
 
         llama_cpp = import_llama_cpp()
@@ -75,6 +76,7 @@ class LocalProvider:
         path = resolve_model_path(opts.model_path)
         settings = LoadSettings(opts.n_ctx, opts.n_batch, opts.n_threads, opts.chat_format, opts.verbose)
         defaults = SamplingDefaults(opts.temperature, opts.top_p, opts.top_k, opts.min_p, opts.repeat_penalty)
+        await asyncio.to_thread(check_engine_runs, path)
         self._worker = Worker()
         self._engine = await self._worker.call(Engine.load, llama_cpp, path, settings, defaults)
         model_sha = await asyncio.to_thread(file_sha256, path)
