@@ -50,9 +50,36 @@ def annotate(dataset_name, version, run_id, variant, annotator, blind, config_pa
         console = common.console()
         console.print(Text(f"{title}: {len(items)} left for {annotator}", style="bold"))
         saved = _annotate_loop(console, store, items, annotator, blind)
+        console.print(Text(f"saved {saved} annotation(s)", style="bold"))
+        if dataset_name:
+            _version_ideals(console, store, meta["name"], meta["version"], dataset_id=meta["id"])
+        elif run["dataset_name"] and _has_dataset(store, run):
+            _version_ideals(console, store, run["dataset_name"], run["dataset_version"],
+                            run_id=run["id"])
     finally:
         store.close()
-    console.print(Text(f"saved {saved} annotation(s)", style="bold"))
+
+
+def _version_ideals(console: Console, store, name: str, version: str, **source) -> None:
+    from keel.evals.annotate import version_with_ideals
+
+    result = version_with_ideals(store, name, version, **source)
+    if result is None:
+        return
+    new_version, created, changed = result
+    state = "new version" if created else "version"
+    console.print(Text(f"ideal answers: dataset {name} {state} {new_version} "
+                       f"({changed} sample(s) changed from {version})", style="bold"))
+
+
+def _has_dataset(store, run) -> bool:
+    from keel.evals.dataset_store import DatasetNotFound, get_dataset
+
+    try:
+        get_dataset(store, run["dataset_name"], run["dataset_version"])
+    except DatasetNotFound:
+        return False
+    return True
 
 
 def _annotate_loop(console: Console, store, items, annotator: str, blind: bool) -> int:

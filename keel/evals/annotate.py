@@ -5,6 +5,7 @@
     parse_grade(text)                                "pass", "f", "4", "superset" -> Answer
     save_annotation(store, item, answer, annotator)  one row in eval_annotations, at once
     run_annotations(store, run_id)                   what people said about a run's outputs
+    version_with_ideals(store, name, version, ...)   a new dataset version with people's ideals
 
 The terminal loop is `keel eval annotate` (keel/cli/eval_human.py); each answer is saved as it
 is given, so quitting midway loses nothing and the next session starts where this one stopped.
@@ -14,15 +15,15 @@ from __future__ import annotations
 
 import getpass
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from keel.errors import InvalidRequest, NotFound
 from keel.evals.base import Sample
-from keel.evals.dataset_store import get_dataset
-from keel.store.models import eval_annotations, eval_results, eval_runs
+from keel.evals.dataset_store import get_dataset, import_dataset
+from keel.store.models import eval_annotations, eval_datasets, eval_results, eval_runs
 
 if TYPE_CHECKING:
     from keel.store import Store
@@ -93,7 +94,10 @@ def dataset_queue(
     store: Store, name: str, version: str | None, annotator: str
 ) -> tuple[dict, list[Item]]:
     meta, samples = get_dataset(store, name, version)
-    done = _annotated(store, eval_annotations.c.dataset_id == meta["id"], annotator)
+    # Any version of the dataset counts: writing an ideal answer makes a new version, and the
+    # next session on it must still start where this one stopped.
+    versions = sa.select(eval_datasets.c.id).where(eval_datasets.c.name == meta["name"])
+    done = _annotated(store, eval_annotations.c.dataset_id.in_(versions), annotator)
     items = [Item(sample_id=s.id, sample=s, dataset_id=meta["id"]) for s in samples
              if (None, s.id, None) not in done]
     return meta, items
@@ -195,3 +199,28 @@ def output_text(output: Any) -> str | None:
             if isinstance(output.get(key), str):
                 return output[key]
     return None
+
+
+def version_with_ideals(
+    store: Store, name: str, version: str, *, dataset_id: int | None = None,
+    run_id: str | None = None,
+) -> tuple[str, bool, int] | None:
+    """Store a version of dataset `name`@`version` whose samples carry the ideal answers people
+    wrote while annotating it (`dataset_id`) or a run on it (`run_id`); the latest ideal for a
+    sample replaces the one it had. Returns (version, created, samples changed), or None when
+    nobody wrote an ideal. Versions are immutable, so the annotated one is never edited."""
+    where = (eval_annotations.c.dataset_id == dataset_id if dataset_id is not None
+             else eval_annotations.c.run_id == run_id)
+    query = (sa.select(eval_annotations.c.sample_id, eval_annotations.c.ideal)
+             .where(where, eval_annotations.c.ideal.is_not(None))
+             .order_by(eval_annotations.c.created_at, eval_annotations.c.id))
+    with store.engine.connect() as conn:
+        ideals = {sample_id: ideal for sample_id, ideal in conn.execute(query).all()}
+    if not ideals:
+        return None
+    _, samples = get_dataset(store, name, version)
+    changed = [s.id for s in samples if s.id in ideals and s.ideal != ideals[s.id]]
+    updated = [replace(s, ideal=ideals[s.id]) if s.id in ideals else s for s in samples]
+    _, new_version, created = import_dataset(
+        store, name, updated, source=f"{name} {version} with ideal answers written in annotation")
+    return new_version, created, len(changed)

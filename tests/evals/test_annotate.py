@@ -13,7 +13,7 @@ from keel.cli.main import KeelGroup
 from keel.errors import InvalidRequest
 from keel.evals.annotate import Answer, parse_grade, run_annotations
 from keel.evals.base import Sample
-from keel.evals.dataset_store import import_dataset
+from keel.evals.dataset_store import dataset_versions, get_dataset, import_dataset
 from keel.store.models import eval_annotations, eval_results, eval_runs
 from tests.store.backends import db_url, store  # noqa: F401 - fixtures, one run per backend
 
@@ -80,7 +80,17 @@ def test_dataset_annotation_saves_as_it_goes_and_resumes(db_url, store):  # noqa
     assert (second["sample_id"], second["ideal"], second["label"]) == ("q1", "a better answer",
                                                                         None)
 
-    # The next session starts at q2; running out of input stops cleanly, nothing lost.
+    # The ideal answer makes a new version of the dataset; the annotated one is unchanged.
+    assert "ideal answers: dataset qa new version" in result.output
+    assert "1 sample(s) changed" in result.output
+    versions = dataset_versions(store, "qa")
+    assert len(versions) == 2
+    _, latest = get_dataset(store, "qa")
+    _, original = get_dataset(store, "qa", versions[1]["version"])
+    assert [s.ideal for s in latest] == ["answer 0", "a better answer", "answer 2"]
+    assert [s.ideal for s in original] == ["answer 0", "answer 1", "answer 2"]
+
+    # The next session (on the new version) starts at q2; running out of input stops cleanly.
     result = run(db_url, "--dataset", "qa", "--annotator", "ann", input="")
     assert result.exit_code == 0, result.output
     assert "1 left for ann" in result.output and "question 2" in result.output
@@ -117,6 +127,13 @@ def test_run_annotation_shows_output_and_verdicts(db_url, store):  # noqa: F811
 
     result = run(db_url, "--run", run_id, "--annotator", "ann", "--blind", input="q\n")
     assert "1 left for ann" in result.output and "upstream failed" in result.output
+    assert "ideal answers" not in result.output  # nobody wrote one
+
+    # An ideal written for a failed output goes into a new version of the run's dataset.
+    result = run(db_url, "--run", run_id, "--annotator", "ann", input="i\nthe real answer\n\n")
+    assert "ideal answers: dataset qa new version" in result.output
+    _, latest = get_dataset(store, "qa")
+    assert [s.ideal for s in latest] == ["answer 0", "the real answer", "answer 2"]
 
 
 def test_annotate_needs_exactly_one_target(db_url, store):  # noqa: F811
