@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -130,6 +130,18 @@ class ModelConfig(Strict):
         return grounding + (self.pipeline if self.pipeline is not None else default)
 
 
+class RetrievalConfig(Strict):
+    """How knowledge search ranks (docs/knowledge.md); unset fields keep the search defaults."""
+
+    fusion: Literal["convex", "rrf"] | None = Field(None, description="default convex")
+    alpha: float | None = Field(None, ge=0, le=1, description="convex weight of cosine; 0.8")
+    rrf_k: int | None = Field(None, gt=0, description="reciprocal rank fusion's k; 60")
+    weights: dict[Literal["vector", "fulltext"], float] | None = None
+    candidates: int | None = Field(None, gt=0, le=1000, description="each list's depth; 50")
+    index: Literal["exact", "ann", "auto"] | None = Field(None, description="default exact")
+    ann_threshold: int | None = Field(None, gt=0, description="auto: ann from this many chunks")
+
+
 class KeelConfig(Strict):
     state_dir: Path = DEFAULT_STATE_DIR
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -139,6 +151,7 @@ class KeelConfig(Strict):
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     embedders: dict[str, EmbedderConfig] = Field(default_factory=dict)
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     pipeline: list[LayerSpec] = Field(default_factory=lambda: [LayerSpec(name="json_mode")])
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)

@@ -60,10 +60,13 @@ Progress = Callable[[int, int], None]  # (files done, files in all)
 
 
 def knowledge_base(runtime) -> KnowledgeBase:
-    """The runtime's shared KnowledgeBase (so every user shares one in-memory vector cache)."""
+    """The runtime's shared KnowledgeBase (so every user shares one in-memory vector cache),
+    ranking as keel.yaml's `retrieval:` says."""
     kb = runtime.shared.get("knowledge")
     if kb is None:
-        kb = runtime.shared["knowledge"] = KnowledgeBase(runtime)
+        retrieval = getattr(runtime.config, "retrieval", None)
+        options = retrieval.model_dump(exclude_none=True) if retrieval is not None else {}
+        kb = runtime.shared["knowledge"] = KnowledgeBase(runtime, **options)
     return kb
 
 
