@@ -1,6 +1,6 @@
 """Feedback on an answer, over HTTP.
 
-    POST /v1/feedback                 {trace_id, score, comment?, correction?, metadata?} -> 201
+    POST /v1/feedback                 {trace_id, score, scale?, comment?, correction?, metadata?} -> 201
     GET  /v1/feedback?trace_id=ID     {"object": "list", "data": [feedback, ...]}
 
 The trace id is the `x-keel-trace-id` header of the answer. Errors are OpenAI-shaped: an unknown
@@ -20,7 +20,7 @@ from keel.api.keys import GATEWAY
 from keel.errors import InvalidRequest, KeelError
 from keel.ops import feedback as ops
 
-FIELDS = {"trace_id", "score", "comment", "correction", "metadata"}
+FIELDS = {"trace_id", "score", "scale", "comment", "correction", "metadata"}
 FLUSH_WAIT_S = 1.0
 
 
@@ -65,7 +65,7 @@ def _validated(body) -> dict:
         raise InvalidRequest("trace_id: expected a string", param="trace_id")
     if "score" not in body:
         raise InvalidRequest("score: required", param="score")
-    ops.check_score(body["score"])
+    ops.check_score(body["score"], body.get("scale"))
     for name in ("comment", "correction"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise InvalidRequest(f"{name}: expected a string", param=name)

@@ -5,9 +5,10 @@
     traces_for_dataset(store, feedback=..., ...)  traces (with their latest feedback) chosen by
                                                   a filter, for `keel eval dataset from-traces`
 
-A score is a thumb (+1 / -1) or a rating (1-5). The two scales share the value 1, which is read
-as a thumbs up; `sentiment` sorts scores into down (-1, 2), neutral (3) and up (1, 4, 5). Teams
-collecting 1-5 ratings whose 1 means "bad" filter with `max_score` instead.
+A score is on one of two scales, named by `scale` or read from the score: `thumbs` (+1 / -1)
+or `rating` (1-5). Without a scale, -1 and +1 are thumbs and 2-5 ratings, so a rating of 1 must
+say `scale: rating` to be read as the bottom of the scale rather than a thumbs up. `sentiment`
+sorts scores into down (thumbs -1, rating 1-2), neutral (rating 3) and up (+1, rating 4-5).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from keel.store.models import traces
 if TYPE_CHECKING:
     from keel.store import Store
 
-SCORES = (-1, 1, 2, 3, 4, 5)
-SENTIMENTS = {-1: "down", 1: "up", 2: "down", 3: "neutral", 4: "up", 5: "up"}
+SCALES = {"thumbs": (-1, 1), "rating": (1, 2, 3, 4, 5)}
+SENTIMENTS = {
+    "thumbs": {-1: "down", 1: "up"},
+    "rating": {1: "down", 2: "down", 3: "neutral", 4: "up", 5: "up"},
+}
 TRACE_ID_MAX = 32
 
 
@@ -33,19 +37,36 @@ class TraceNotFound(NotFound):
     code = "trace_not_found"
 
 
-def check_score(score: Any) -> int:
-    """The score as an int, or a 400 naming `score`."""
+def check_scale(scale: Any) -> str | None:
+    if scale is not None and scale not in SCALES:
+        raise InvalidRequest(f"scale: expected thumbs or rating, got {scale!r}", param="scale")
+    return scale
+
+
+def check_score(score: Any, scale: str | None = None) -> tuple[int, str]:
+    """The score as an int and the scale it is on, or a 400 naming `score`."""
     integral = isinstance(score, int) or (isinstance(score, float) and score.is_integer())
-    if isinstance(score, bool) or not integral or int(score) not in SCORES:
-        raise InvalidRequest(
-            f"score: expected +1 or -1 (thumbs) or an integer from 1 to 5, got {score!r}",
-            param="score",
-        )
-    return int(score)
+    value = int(score) if integral and not isinstance(score, bool) else None
+    scale = check_scale(scale) or _scale_of(value)
+    if value is None or scale is None or value not in SCALES[scale]:
+        expected = {"thumbs": "+1 or -1", "rating": "an integer from 1 to 5"}.get(
+            scale, "+1 or -1 (thumbs) or an integer from 1 to 5 (rating)")
+        on = f" on the {scale} scale" if scale else ""
+        raise InvalidRequest(f"score: expected {expected}{on}, got {score!r}", param="score")
+    return value, scale
 
 
-def sentiment(score: float) -> str:
-    return SENTIMENTS.get(int(score), "neutral")
+def _scale_of(value: int | None) -> str | None:
+    if value in (-1, 1):
+        return "thumbs"
+    if value in SCALES["rating"]:
+        return "rating"
+    return None
+
+
+def sentiment(score: float, scale: str | None = None) -> str:
+    value = int(score)
+    return SENTIMENTS[scale or _scale_of(value) or "rating"].get(value, "neutral")
 
 
 def trace_exists(store: Store, trace_id: str) -> bool:
@@ -63,11 +84,14 @@ def add_feedback(
     comment: str | None = None,
     correction: str | None = None,
     metadata: dict | None = None,
+    scale: str | None = None,
 ) -> dict[str, Any]:
     """Store one piece of feedback and return it as the API shows it."""
+    value, scale = check_score(score, scale)
     row = {
         "trace_id": trace_id,
-        "score": float(check_score(score)),
+        "score": float(value),
+        "scale": scale,
         "comment": comment,
         "correction": correction,
         "metadata": metadata or None,
@@ -92,6 +116,7 @@ def to_api(row) -> dict[str, Any]:
         "object": "feedback",
         "trace_id": row["trace_id"],
         "score": int(score) if float(score).is_integer() else score,
+        "scale": row.get("scale") or _scale_of(int(score)),
         "comment": row["comment"],
         "correction": row["correction"],
         "metadata": row["metadata"],
@@ -177,7 +202,7 @@ def _wanted(latest: dict | None, feedback: str | None, min_score, max_score) -> 
     if feedback is not None:
         if latest is None:
             return False
-        if feedback != "any" and sentiment(latest["score"]) != feedback:
+        if feedback != "any" and sentiment(latest["score"], latest["scale"]) != feedback:
             return False
     if min_score is not None or max_score is not None:
         if latest is None:

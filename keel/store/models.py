@@ -195,6 +195,7 @@ feedback = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("trace_id", sa.String(32), nullable=False),
     sa.Column("score", sa.Double, nullable=False, comment="+1/-1, or 1-5"),
+    sa.Column("scale", sa.String(10), comment="thumbs or rating (0004); NULL: read from score"),
     sa.Column("comment", sa.Text),
     sa.Column("correction", sa.Text, comment="what the answer should have been"),
     sa.Column("metadata", Json),

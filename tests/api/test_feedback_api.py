@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestServer
 from keel.api import create_app
 from keel.config import StoreConfig
 from keel.gateway import Gateway
-from keel.ops.feedback import feedback_for
+from keel.ops.feedback import feedback_for, sentiment
 from tests.api.conftest import fake_config
 from tests.store.backends import db_url  # noqa: F401 - the fixture, parametrized per backend
 
@@ -77,6 +77,9 @@ async def test_unknown_trace_is_a_404(keel_with_feedback):
     ({"metadata": "m"}, "metadata"),
     ({"trace_id": 12}, "trace_id"),
     ({"rating": 1}, "rating"),
+    ({"scale": "stars"}, "scale"),
+    ({"scale": "thumbs", "score": 4}, "score"),
+    ({"scale": "rating", "score": -1}, "score"),
 ])
 async def test_bad_fields_are_a_400_naming_the_field(keel_with_feedback, patch, param):
     session, _ = keel_with_feedback
@@ -130,3 +133,15 @@ async def test_waits_for_a_trace_still_in_the_writers_buffer(db_url, tmp_path): 
                 assert response.status == 201
     finally:
         await server.close()
+
+
+async def test_the_scale_is_stored_and_read_from_the_score_when_not_given(keel_with_feedback):
+    session, gateway = keel_with_feedback
+    trace_id = await answer(session)
+    for body in ({"score": 1, "scale": "rating"}, {"score": 1}, {"score": 3}, {"score": -1}):
+        async with session.post("/v1/feedback", json={"trace_id": trace_id, **body}) as r:
+            assert r.status == 201
+    rows = feedback_for(gateway.runtime.store, trace_id)
+    assert [(f["score"], f["scale"]) for f in rows] == [
+        (1, "rating"), (1, "thumbs"), (3, "rating"), (-1, "thumbs")]
+    assert [sentiment(f["score"], f["scale"]) for f in rows] == ["down", "up", "neutral", "down"]

@@ -85,7 +85,8 @@ def test_errors_are_one_clean_line(db_url, tmp_path):  # noqa: F811
 
 @pytest.fixture
 def production(store):  # noqa: F811
-    """Five traces: two thumbs down (one corrected twice), a thumbs up, a rating, none."""
+    """Five traces: two thumbs down (one corrected twice), a thumbs up, a rating of 5 and a
+    rating of 1 (down: it says its scale), and an old thumbs down."""
     traces = [make_trace(n, model="gpt-4o-mini" if n != 3 else "smollm2") for n in range(5)]
     old = make_trace(9)
     old.started_at = time.time() - 10 * 86400  # ten days ago
@@ -100,6 +101,7 @@ def production(store):  # noqa: F811
     add_feedback(store, t[2], 1)
     add_feedback(store, t[2], -1, comment="changed my mind")  # the latest word counts
     add_feedback(store, t[3], 5)
+    add_feedback(store, t[4], 1, scale="rating")
     add_feedback(store, old.id, -1)
     return t, old.id
 
@@ -113,11 +115,11 @@ def build(db_url, *args):  # noqa: F811
 def test_from_traces_with_feedback_down(db_url, store, production):  # noqa: F811
     t, _old = production
     report = build(db_url, "--feedback", "down", "--since", "7d")
-    assert report["samples"] == 2 and report["created"]
+    assert report["samples"] == 3 and report["created"]
     meta, samples = get_dataset(store, "bad-answers", report["version"])
     assert meta["source"] == "traces feedback=down since=7d"
     by_id = {s.id: s for s in samples}
-    assert set(by_id) == {t[0], t[2]}  # not t[1] (up), nor the ten-day-old one
+    assert set(by_id) == {t[0], t[2], t[4]}  # not t[1] (up), nor the ten-day-old one
     corrected = by_id[t[0]]
     assert corrected.input == [{"role": "user", "content": "hello 0"}]
     assert corrected.ideal == "better fix"  # the latest correction
@@ -129,7 +131,7 @@ def test_from_traces_with_feedback_down(db_url, store, production):  # noqa: F81
     again = build(db_url, "--feedback", "down", "--since", "7d")
     assert again["version"] == report["version"] and not again["created"]
     human = run("from-traces", "bad-answers", "--db", db_url, "--feedback", "down")
-    assert "bad-answers" in human.output and "3 samples, stored" in human.output
+    assert "bad-answers" in human.output and "4 samples, stored" in human.output
 
 
 def test_from_traces_other_filters(db_url, store, production):  # noqa: F811
