@@ -38,7 +38,7 @@ class TraceNotFound(NotFound):
 
 
 def check_scale(scale: Any) -> str | None:
-    if scale is not None and scale not in SCALES:
+    if scale is not None and (not isinstance(scale, str) or scale not in SCALES):
         raise InvalidRequest(f"scale: expected thumbs or rating, got {scale!r}", param="scale")
     return scale
 

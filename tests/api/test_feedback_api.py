@@ -78,6 +78,7 @@ async def test_unknown_trace_is_a_404(keel_with_feedback):
     ({"trace_id": 12}, "trace_id"),
     ({"rating": 1}, "rating"),
     ({"scale": "stars"}, "scale"),
+    ({"scale": ["rating"]}, "scale"),
     ({"scale": "thumbs", "score": 4}, "score"),
     ({"scale": "rating", "score": -1}, "score"),
 ])
