@@ -74,6 +74,8 @@ async def stream_completion(request: web.Request, ctx: Context, headers: dict) -
                 trace.mark_first_token()
             if chunk.get("system_fingerprint"):
                 trace.system_fingerprint = chunk["system_fingerprint"]
+            if include_usage and "usage" not in chunk:
+                chunk = {**chunk, "usage": None}  # as OpenAI: every chunk has the field
             if include_usage or chunk.get("choices") or not chunk.get("usage"):
                 await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
             chunk = await anext(chunks, None)

@@ -58,6 +58,8 @@ async def test_stream_sends_chunks_then_done_and_usage_only_when_asked(keel, ses
         assert text == "the quick brown fox"
         usage_chunks = [c for c in chunks if not c["choices"]]
         assert len(usage_chunks) == (1 if include_usage else 0)
+        if include_usage:  # as OpenAI: the others say `"usage": null`
+            assert all(c["usage"] is None for c in chunks if c["choices"])
         gateway.recorder.flush(5)
         from keel.ops.trace_queries import get_trace
 
