@@ -61,8 +61,11 @@ def check_engine_runs(
             f"(see docs/local-engine.md). Rebuild it for any x86-64 CPU with AVX2: {REBUILD_HINT}"
         )
     if result.returncode == 0:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # a read-only home: the check runs again next start, nothing worse
     # A Python error in the child (a bad model file, say) is left to the in-process load, whose
     # message is the better one.
 

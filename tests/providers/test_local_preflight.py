@@ -59,3 +59,11 @@ def test_the_installed_engine_passes(tmp_path):
 
     check_engine_runs(default_model_path(), cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_an_unwritable_cache_only_means_checking_again(build, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    build["cache_dir"] = blocker / "cache"  # mkdir fails: its parent is a file
+    check(build, "pass")
+    check(build, "pass")
