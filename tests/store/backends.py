@@ -42,10 +42,18 @@ def db_url(request, tmp_path):
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
+    # A transaction left open by a failed test would block the DROP below for ever: the server
+    # ends such a session after a minute, and the DROP gives up after two, failing clearly.
+    options = f"-csearch_path={schema} -cidle_in_transaction_session_timeout=60s"
+    yield f"{POSTGRES_URL}{separator}options={quote(options)}"
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '120s'")
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"could not drop test schema {schema}: a connection still holds it ({exc})")
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture
