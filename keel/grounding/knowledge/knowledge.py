@@ -64,8 +64,7 @@ def knowledge_base(runtime) -> KnowledgeBase:
     ranking as keel.yaml's `retrieval:` says."""
     kb = runtime.shared.get("knowledge")
     if kb is None:
-        retrieval = getattr(runtime.config, "retrieval", None)
-        options = retrieval.model_dump(exclude_none=True) if retrieval is not None else {}
+        options = runtime.config.retrieval.model_dump(exclude_none=True)
         kb = runtime.shared["knowledge"] = KnowledgeBase(runtime, **options)
     return kb
 
