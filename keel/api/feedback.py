@@ -1,6 +1,7 @@
 """Feedback on an answer, over HTTP.
 
-    POST /v1/feedback                 {trace_id, score, scale?, comment?, correction?, metadata?} -> 201
+    POST /v1/feedback                 {trace_id, score, scale?, comment?, correction?,
+                                       metadata?} -> 201
     GET  /v1/feedback?trace_id=ID     {"object": "list", "data": [feedback, ...]}
 
 The trace id is the `x-keel-trace-id` header of the answer. Errors are OpenAI-shaped: an unknown

@@ -2,10 +2,10 @@
 
 llama-cpp-python compiles llama.cpp with `-march=native` unless told otherwise. A wheel built on
 another CPU, or on a virtual machine that advertises instructions it does not enable (Intel AMX),
-dies with SIGSEGV or SIGILL on the first token and takes the whole server with it, mid-request.
-So before the local provider loads its model in-process, a child process evaluates a short
-prompt; a crash there becomes a start-up `ConfigError` that says how to rebuild. A success is remembered
-per (llama.cpp build, model file), so this costs about a second once, not at every start.
+dies with SIGSEGV or SIGILL on its first prompt and takes the whole server with it,
+mid-request. So before the local provider loads its model in-process, a child process evaluates
+a short prompt; a crash there becomes a start-up `ConfigError` that says how to rebuild. A
+success is remembered per (llama.cpp build, model file): about a second once, not every start.
 """
 
 from __future__ import annotations
