@@ -13,11 +13,24 @@ PASSWORD=keel
 DATABASE=keel_test
 PORT=5432
 
+# Run a command that may start the server with no file descriptors but stdin/out/err: a daemon
+# keeps whatever it inherits open for ever, and whoever reads such a pipe (the $(...) that reads
+# our export line, a CI runner's log) then never sees it end. This is what hung CI.
+detached() {
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec "$@" </dev/null
+    )
+}
+
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     echo "postgres.sh: installing postgresql from Debian's packages"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq postgresql
+    detached apt-get install -y -qq postgresql
 fi
 
 # The package creates a cluster "main" but, without systemd, does not start it.
@@ -29,7 +42,7 @@ if [ -z "${VERSION:-}" ]; then
 fi
 if ! pg_lsclusters --no-header | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c' | grep -q online; then
     echo "postgres.sh: starting cluster $VERSION/$CLUSTER"
-    pg_ctlcluster "$VERSION" "$CLUSTER" start
+    detached pg_ctlcluster "$VERSION" "$CLUSTER" start
 fi
 CLUSTER_PORT=$(pg_lsclusters --no-header | awk -v v="$VERSION" -v c="$CLUSTER" '$1==v && $2==c {print $3}')
 
