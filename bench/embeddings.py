@@ -1,6 +1,6 @@
 """Speed of the `local` embedder (MiniLM-L6 int8 on onnxruntime) and of POST /v1/embeddings.
 
-Measures, on real questions (Quora pairs from shared/data when present, else synthetic ones):
+Measures, on real questions (Quora pairs from bench/data/):
 one query at a time through `LocalEmbedder.embed` (p50/p95/p99), the same query through the
 HTTP endpoint of an in-process Keel on loopback, and batched throughput (sentences/s) at several
 batch sizes. Prints a table and writes bench/results/embeddings.json.
@@ -26,19 +26,17 @@ from rich.table import Table
 from keel.embeddings.local import LocalEmbedder, LocalOptions
 
 RESULTS = Path(__file__).parent / "results" / "embeddings.json"
-QQP = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp-pairs-dev.jsonl"
+QQP = Path(__file__).resolve().parent / "data" / "qqp-pairs-dev.jsonl"
 
 
 def sentences(count: int) -> list[str]:
-    if QQP.exists():
-        found = []
-        for line in QQP.read_text().splitlines():
-            pair = json.loads(line)
-            found += [pair["a"], pair["b"]]
-            if len(found) >= count:
-                return found[:count]
-    words = ["how", "do", "I", "reset", "change", "delete", "my", "account", "password", "email", "photos", "settings"]
-    return [" ".join(words[(i + j) % len(words)] for j in range(5 + i % 15)) for i in range(count)]
+    found = []
+    for line in QQP.read_text().splitlines():  # kept in the repo: a missing file is an error
+        pair = json.loads(line)
+        found += [pair["a"], pair["b"]]
+        if len(found) >= count:
+            break
+    return found[:count]
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -128,7 +126,7 @@ async def main(args) -> dict:
         "single_query": single,
         "single_query_http": http,
         "batched": batched,
-        "corpus": "Quora question pairs" if QQP.exists() else "synthetic",
+        "corpus": "Quora question pairs",
         # The machine may be shared: a high load average means noisy figures.
         "load_average_1m": [load_before, os.getloadavg()[0]],
     }

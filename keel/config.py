@@ -103,10 +103,36 @@ class PricingConfig(Strict):
         return ((prompt_tokens or 0) * self.input + (completion_tokens or 0) * self.output) / 1e6
 
 
+class CompletionDefaults(Strict):
+    """Request fields a model's route fills in when the client leaves them out. Typed, so a typo
+    or an out-of-range value stops start-up instead of reaching every request; a provider's own
+    parameter goes under `extra_body` (sent as given)."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    parallel_tool_calls: bool | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The defaults as request fields: only those set, provider extras merged in."""
+        fields = self.model_dump(exclude_none=True, exclude={"extra_body"})
+        return {**self.extra_body, **fields}
+
+
 class ModelConfig(Strict):
     provider: str
     model: str | None = Field(None, description="the provider's name for it; default: the key")
-    defaults: dict[str, Any] = Field(default_factory=dict)
+    defaults: CompletionDefaults = Field(default_factory=CompletionDefaults)
     pipeline: list[LayerSpec] | None = None
     knowledge: dict[str, Any] | None = Field(None, description="options of the knowledge layer")
     tools: list[str] | dict[str, Any] | None = Field(None, description="tools Keel runs for it")
@@ -190,7 +216,8 @@ def default_config() -> KeelConfig:
     """What `keel serve` runs with no file: the embedded model, state in ./.keel/."""
     return KeelConfig(
         providers={"local": ProviderConfig(kind="local")},
-        models={"smollm2": ModelConfig(provider="local", defaults={"temperature": 0.2})},
+        models={"smollm2": ModelConfig(provider="local",
+                                       defaults=CompletionDefaults(temperature=0.2))},
     )
 
 
@@ -299,11 +326,14 @@ def _expand_env(value: Any, path: Path, where: tuple[str, ...]) -> Any:
     if not isinstance(value, str):
         return value
     field = ".".join(where)
-    if where and _is_secret(where[-1]) and not _ENV_REF.fullmatch(value.strip()):
-        raise ConfigError(
-            f"{path}: {field}: secrets are read from the environment, not the file; "
-            f"write e.g. \"${{{where[-1].upper()}}}\""
-        )
+    if where and _is_secret(where[-1]):
+        ref = _ENV_REF.fullmatch(value.strip())
+        # `${KEY:-sk-live-…}` would keep the secret in the file after all: no default allowed.
+        if ref is None or ref.group(2):
+            raise ConfigError(
+                f"{path}: {field}: secrets are read from the environment, not the file "
+                f"(no default value after ':-' either); write e.g. \"${{{where[-1].upper()}}}\""
+            )
 
     def substitute(match: re.Match) -> str:
         var, default = match.group(1), match.group(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -39,3 +40,21 @@ def _loopback_only():
     yield
     socket.socket.connect = _real_connect
     socket.socket.connect_ex = _real_connect_ex
+
+
+# CI installs the embedded model and PostgreSQL, so there a skipped `model` or `postgres` test
+# means a missing part, not an optional one: KEEL_TEST_REQUIRE=model,postgres turns it into a
+# failure that says why it was skipped.
+_REQUIRED = {m.strip() for m in os.environ.get("KEEL_TEST_REQUIRE", "").split(",") if m.strip()}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    required = _REQUIRED.intersection(mark.name for mark in item.iter_markers())
+    if report.skipped and required and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"a test marked {', '.join(sorted(required))} was skipped, but "
+                           f"KEEL_TEST_REQUIRE says this run has it: {reason}")

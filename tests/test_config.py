@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -106,3 +107,41 @@ def test_secret_headers_must_come_from_the_environment(tmp_path, header):
                            f"    headers: {{{header}: literal-secret}}\n")
     with pytest.raises(ConfigError, match=f"tools.t.headers.{header}: secrets are read"):
         load_config(path)
+
+
+def test_a_secret_may_not_hide_in_an_env_default(tmp_path):
+    path = tmp_path / "keel.yaml"
+    path.write_text(
+        "providers:\n  up: {kind: openai, base_url: 'http://127.0.0.1:9', "
+        "api_key: '${NOT_SET_ANYWHERE:-sk-live-abc123}'}\n")
+    with pytest.raises(ConfigError, match=r"providers\.up\.api_key: secrets are read from the "
+                                          r"environment.*no default value"):
+        load_config(path)
+
+
+def test_an_empty_env_default_is_no_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = tmp_path / "keel.yaml"
+    path.write_text("providers:\n  up: {kind: openai, base_url: 'http://127.0.0.1:9', "
+                    "api_key: '${NOT_SET_ANYWHERE:-}'}\n")
+    assert load_config(path).providers["up"].model_extra["api_key"] == ""
+
+
+@pytest.mark.parametrize("defaults, where", [
+    ("{temprature: 0.2}", "models.m.defaults.temprature: unknown field"),
+    ("{temperature: 5}", "models.m.defaults.temperature"),
+    ("{max_tokens: 0}", "models.m.defaults.max_tokens"),
+])
+def test_model_defaults_are_typed(tmp_path, defaults, where):
+    path = tmp_path / "keel.yaml"
+    path.write_text(f"providers:\n  f: {{kind: fake}}\nmodels:\n  m: {{provider: f, "
+                    f"defaults: {defaults}}}\n")
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        load_config(path)
+
+
+def test_model_defaults_reach_the_body_with_provider_extras(tmp_path):
+    path = tmp_path / "keel.yaml"
+    path.write_text("providers:\n  f: {kind: fake}\nmodels:\n  m: {provider: f, defaults: "
+                    "{temperature: 0.3, extra_body: {top_k: 20}}}\n")
+    assert load_config(path).models["m"].defaults.body() == {"temperature": 0.3, "top_k": 20}

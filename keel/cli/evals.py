@@ -3,6 +3,7 @@
     keel eval run suite.yaml [--config keel.yaml] [--fail-under fact=0.7]
                              [--max-regression fact=0.05] [--baseline RUN]
     keel eval run registry/evals/x.yaml --model smollm2      # an OpenAI evals registry YAML
+                  [--max-samples N] [--max-tokens N] [--temperature T] [--seed S]
     keel eval list | show RUN | compare RUN_A RUN_B | export RUN --format csv | report RUN
 
 Runs live in the store of the gateway config (`--config`, or the suite's `config:`), or `--db`.
@@ -53,6 +54,13 @@ def _thresholds(ctx, param, values) -> dict[str, float]:
 @click.option("--model", help="Registry evals: the Keel model to evaluate.")
 @click.option("--judge-model", help="Registry evals: the judge (default: --model).")
 @click.option("--eval", "eval_name", help="Registry evals: run only this eval of the file.")
+@click.option("--max-samples", type=click.IntRange(min=1), metavar="N",
+              help="Only the dataset's first N samples.")
+@click.option("--max-tokens", type=click.IntRange(min=1), metavar="N",
+              help="max_tokens of every answer request (registry evals default to 512).")
+@click.option("--temperature", type=click.FloatRange(0, 2), help="temperature of every answer "
+              "request.")
+@click.option("--seed", type=int, help="seed of every answer request.")
 @click.option("--fail-under", multiple=True, callback=_thresholds, metavar="GRADER=SCORE",
               help="Exit 1 when a grader's mean is below SCORE (any variant). Repeatable.")
 @click.option("--max-regression", multiple=True, callback=_thresholds, metavar="GRADER=DROP",
@@ -62,15 +70,22 @@ def _thresholds(ctx, param, values) -> dict[str, float]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @json_option
 def run_command(suite_path, config_path, db_url, resume, model, judge_model, eval_name,
-                fail_under, max_regression, baseline, no_progress, as_json) -> None:
-    """Run a suite (or an OpenAI evals registry YAML) and print its summary."""
+                max_samples, max_tokens, temperature, seed, fail_under, max_regression,
+                baseline, no_progress, as_json) -> None:
+    """Run a suite (or an OpenAI evals registry YAML) and print its summary.
+
+    --max-tokens, --temperature and --seed override what every variant sends (the judge keeps
+    its own settings); a grade that could not be made is listed with its reason."""
     from keel.config import load_config
     from keel.evals.gate import check_gates
-    from keel.evals.report import summary_table
+    from keel.evals.report import problems, summary_table
     from keel.evals.runner import run_suite
+    from keel.evals.runs import results
     from keel.store import open_store
 
-    suites = _suites(suite_path, model, judge_model, eval_name, config_path)
+    params = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature),
+                                ("seed", seed)) if v is not None}
+    suites = _suites(suite_path, model, judge_model, eval_name, config_path, max_samples, params)
     if resume and len(suites) > 1:
         raise InvalidRequest("--resume takes one suite; pick the eval with --eval")
     console, reports, failed = common.console(), [], False
@@ -84,12 +99,13 @@ def run_command(suite_path, config_path, db_url, resume, model, judge_model, eva
                 config_path=str(gateway_config) if gateway_config else None))
             gate = check_gates(store, suite.name, outcome.run_id, outcome.summary,
                                fail_under, max_regression, baseline)
+            found = problems(results(store, outcome.run_id))
         finally:
             store.close()
         failed = failed or not gate["passed"]
         reports.append({"run_id": outcome.run_id, "suite": suite.name,
                         "cells_run": outcome.cells_run, "cells_kept": outcome.cells_kept,
-                        "summary": outcome.summary, "gate": gate})
+                        "summary": outcome.summary, "gate": gate, "problems": found})
         if not as_json:
             _print_run(console, reports[-1], summary_table)
     if as_json:
@@ -98,7 +114,7 @@ def run_command(suite_path, config_path, db_url, resume, model, judge_model, eva
         raise SystemExit(1)
 
 
-def _suites(path, model, judge_model, eval_name, config_path):
+def _suites(path, model, judge_model, eval_name, config_path, max_samples=None, params=None):
     import yaml
 
     from keel.evals.registry import is_registry, load_registry_suites
@@ -113,13 +129,13 @@ def _suites(path, model, judge_model, eval_name, config_path):
             raise InvalidRequest(f"{path} is an OpenAI evals registry file: name the model to "
                                  f"evaluate with --model")
         return load_registry_suites(path, model, eval_name=eval_name, judge_model=judge_model,
-                                    config=config_path)
+                                    config=config_path, max_samples=max_samples, params=params)
     for flag, value in (("--model", model), ("--judge-model", judge_model),
                         ("--eval", eval_name)):
         if value:
             raise InvalidRequest(f"{flag} is for OpenAI evals registry files; a suite names "
                                  f"its models in `variants`")
-    return [load_suite(path)]
+    return [load_suite(path).override(params or {}, max_samples)]
 
 
 def _print_run(console: Console, report: dict, summary_table) -> None:
@@ -128,6 +144,7 @@ def _print_run(console: Console, report: dict, summary_table) -> None:
     console.print(Text(f"run {report['run_id']} · suite {report['suite']} · "
                        f"{report['cells_run']} cells run{resumed}", style="bold"))
     console.print(summary_table(report["summary"]))
+    _print_problems(console, report)
     gate = report["gate"]
     for note in gate["notes"]:
         console.print(Text(note, style="yellow"))
@@ -135,6 +152,21 @@ def _print_run(console: Console, report: dict, summary_table) -> None:
         console.print(Text(f"FAIL {failure}", style="bold red"))
     if gate["checked"] and gate["passed"]:
         console.print(Text("gates passed", style="green"))
+
+
+def _print_problems(console: Console, report: dict, limit: int = 10) -> None:
+    found = report["problems"]
+    if not found:
+        return
+    console.print(Text(f"{len(found)} answers or grades failed:", style="yellow"))
+    for p in found[:limit]:
+        repeat = f"#{p['repeat']}" if p["repeat"] else ""
+        grader = f" · {p['grader']}" if p["grader"] else ""
+        console.print(Text(f"  {p['sample_id']}{repeat} · {p['variant']}{grader}: {p['problem']}",
+                           style="yellow"), overflow="fold")
+    if len(found) > limit:
+        console.print(Text(f"  … {len(found) - limit} more: keel eval show {report['run_id']} "
+                           "--samples (or --json)", style="dim"))
 
 
 # -- list / show -----------------------------------------------------------------------------
@@ -202,7 +234,9 @@ def _print_audit(console: Console, run: dict) -> None:
         ("suite", f"{run['suite']} ({(config.get('suite') or {}).get('file')})"),
         ("status", run["status"]), ("time", common.when(run["created_at"])),
         ("dataset", f"{run['dataset_name']}@{run['dataset_version']} "
-                    f"({dataset.get('samples', '?')} samples)"),
+                    f"({dataset.get('samples', '?')} samples"
+                    + (f", --max-samples {dataset['max_samples']})" if dataset.get("max_samples")
+                       else ")")),
         ("gateway config", config.get("gateway_config") or "(default)"),
         ("git commit", run.get("git_commit") or "-"), ("keel", run["keel_version"]),
         ("judge", _route(config.get("judge") or {})),
@@ -238,7 +272,8 @@ def _cells_table(rows: list[dict]) -> Table:
         table.add_column(name, overflow="fold", max_width=None if name == "grades" else 40)
     for row in rows:
         answer = row["output"] if row["error"] is None else f"ERROR {row['error'].get('message')}"
-        grades = " ".join(f"{g}={fmt(v.get('score'), 2)}" for g, v in row["grades"].items())
+        grades = " ".join(f"{g}={fmt(v.get('score'), 2)}" + _problem(v)
+                          for g, v in row["grades"].items())
         table.add_row(row["sample_id"] + (f"#{row['repeat']}" if row["repeat"] else ""),
                       row["variant"], message_text(row["input"] or []), _ideal(row["ideal"]),
                       answer or "", grades)
@@ -416,6 +451,12 @@ def _means(summary: dict | None) -> str:
 def _route(v: dict) -> str:
     route = f"{v.get('provider')} → {v.get('upstream_model')}" if v.get("provider") else ""
     return f"{v.get('model')} ({route})" if route else str(v.get("model") or "-")
+
+
+def _problem(grade: dict) -> str:
+    from keel.evals.report import PROBLEM_LABELS, grade_note
+
+    return f" ({grade_note(grade)})" if grade.get("label") in PROBLEM_LABELS else ""
 
 
 def _ideal(ideal) -> str:

@@ -7,7 +7,8 @@ whether things got better or worse. The pieces:
     suites      YAML: a dataset, variants (model or route, prompt, parameters), graders
     graders     deterministic (exact, includes, regex, json, numeric, similarity), model-graded
                 (fact, rubric), rag, python — one protocol, entry point group `keel.graders`
-    runner      async, bounded, retried, resumable; every output and grade stored with the run
+    runner      async, bounded, retried, resumable; every output and grade stored with the run;
+                the judge is a Keel model called through the same gateway (gateway_judge.py)
     compare     per-grader means with bootstrap intervals; regressed and improved samples
     feedback    thumbs and corrections on traces become datasets; human grades calibrate judges
 

@@ -16,6 +16,13 @@ its versioned entry, whose `class` says how it grades:
 
 The model under test is one variant named after it; the judge of a model-graded eval is that
 same model unless another is given (as `oaieval` does without a second completion function).
+
+Answers are capped: `max_tokens` is the eval's own `args.max_tokens` if it has one, else
+DEFAULT_MAX_TOKENS (512), and `--max-tokens` overrides both. Without a cap a small local model
+can loop until its context is full, and the judge's prompt, which quotes the answer, then no
+longer fits. `params` (the CLI's --max-tokens, --temperature, --seed) go on top;
+`max_samples` keeps the first N samples of the file (oaieval's --max_samples takes N after a
+seeded shuffle; Keel keeps file order so a run is easy to reproduce and extend).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ _CLASSES = {
     "evals.elsuite.basic.fuzzy_match:FuzzyMatch": "fuzzy_match",
     "evals.elsuite.modelgraded.classify:ModelBasedClassify": "classify",
 }
+
+DEFAULT_MAX_TOKENS = 512  # an answer's cap when neither the eval nor the user sets one
 
 
 class RegistryEval:
@@ -78,8 +87,12 @@ def registry_root(path: Path) -> Path:
 
 def load_registry_suites(path: str | Path, model: str, *, eval_name: str | None = None,
                          judge_model: str | None = None,
-                         config: str | None = None) -> list[Suite]:
-    """A Keel suite for each eval of the file (or just `eval_name`, an alias or an id)."""
+                         config: str | None = None, max_samples: int | None = None,
+                         params: dict[str, Any] | None = None) -> list[Suite]:
+    """A Keel suite for each eval of the file (or just `eval_name`, an alias or an id).
+
+    `params` (max_tokens, temperature, seed, ...) override what the eval sends with each
+    answer request; `max_samples` keeps only the first N samples."""
     path = Path(path)
     raw = read_registry(path)
     evals = registry_evals(raw, path)
@@ -96,11 +109,13 @@ def load_registry_suites(path: str | Path, model: str, *, eval_name: str | None 
         raise ConfigError(f"{path}: no eval with a supported class "
                           f"({', '.join(sorted(_CLASSES))})")
     root = registry_root(path)
-    return [to_suite(e, root, path, model, judge_model or model, config) for e in evals]
+    return [to_suite(e, root, path, model, judge_model or model, config,
+                     max_samples=max_samples, params=params) for e in evals]
 
 
 def to_suite(ev: RegistryEval, root: Path, path: Path, model: str, judge_model: str,
-             config: str | None) -> Suite:
+             config: str | None, *, max_samples: int | None = None,
+             params: dict[str, Any] | None = None) -> Suite:
     where = f"{path}: {ev.alias}"
     samples = ev.args.get("samples_jsonl")
     if not samples:
@@ -111,18 +126,31 @@ def to_suite(ev: RegistryEval, root: Path, path: Path, model: str, judge_model: 
     if ev.args.get("num_few_shot"):
         raise ConfigError(f"{where}: few-shot evals (num_few_shot) are not supported")
     kind = _CLASSES[ev.cls]
-    params: dict[str, Any] = {"temperature": 0} if kind in ("match", "fuzzy_match") else {}
+    answer_params: dict[str, Any] = {"temperature": 0} if kind in ("match", "fuzzy_match") else {}
+    answer_params["max_tokens"] = _max_tokens(ev, where)
+    answer_params.update(params or {})
     raw = {
         "name": ev.alias,
         "description": f"OpenAI evals {ev.id} ({ev.cls})",
         "dataset": str(dataset),
-        "variants": {model: {"model": model, "params": params}},
+        "variants": {model: {"model": model, "params": answer_params}},
         "graders": [_grader(ev, kind, root, where)],
         "judge": {"model": judge_model},
     }
     if config:
         raw["config"] = str(Path(config).resolve())
+    if max_samples is not None:
+        raw["max_samples"] = max_samples
     return parse_suite(raw, path)
+
+
+def _max_tokens(ev: RegistryEval, where: str) -> int:
+    found = ev.args.get("max_tokens")
+    if found is None:
+        return DEFAULT_MAX_TOKENS
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ConfigError(f"{where}: args.max_tokens must be a positive integer, not {found!r}")
+    return found
 
 
 def _grader(ev: RegistryEval, kind: str, root: Path, where: str) -> dict:

@@ -4,6 +4,10 @@ The summary is per variant × grader: mean score, pass rate, n, errors, and the 
 latency, tokens and cost. With repeats > 1 it adds, per grader, `agreement` (how often the
 repeats of a sample reach the same verdict, 1.0 = always) and `pass_all` (the share of samples
 that passed on every repeat).
+
+A grade that could not be made (`__error__`) or read (`__invalid__`) carries its reason in
+`details.error`; `problems` lists them per cell, and every view shows the label with the reason
+(`__error__: judge prompt too long for smollm2 (4500 tokens > context 4096)`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,32 @@ def _grader_summary(rows: list[dict], grader: str, repeats: int) -> dict:
         runs = [v for v in per_sample.values() if v]
         found["agreement"] = _mean([max(v.count(True), v.count(False)) / len(v) for v in runs])
         found["pass_all"] = _mean([1.0 if all(v) else 0.0 for v in runs])
+    return found
+
+
+PROBLEM_LABELS = ("__error__", "__invalid__")
+
+
+def grade_note(grade: dict) -> str:
+    """A grade's label with its reason, when it has one."""
+    label = grade.get("label") or ""
+    error = (grade.get("details") or {}).get("error")
+    return f"{label}: {error}" if error and label in PROBLEM_LABELS else label
+
+
+def problems(rows: list[dict]) -> list[dict]:
+    """What went wrong, per cell: the answer's error (its grades all fail for it), or each grade
+    that could not be made or read, with the reason."""
+    found = []
+    for r in rows:
+        where = {"variant": r["variant"], "sample_id": r["sample_id"], "repeat": r["repeat"]}
+        if r.get("error"):
+            found.append({**where, "grader": None,
+                          "problem": f"no answer: {r['error'].get('message')}"})
+            continue
+        for name, grade in (r.get("grades") or {}).items():
+            if grade.get("label") in PROBLEM_LABELS:
+                found.append({**where, "grader": name, "problem": grade_note(grade)})
     return found
 
 
@@ -131,7 +161,7 @@ def to_csv(rows: list[dict]) -> str:
     base = ["run_id", "variant", "sample_id", "repeat", "input", "ideal", "output", "error",
             "latency_ms", "prompt_tokens", "completion_tokens", "cost_usd",
             "system_fingerprint", "trace_id"]
-    header = base + [f"{g}.{k}" for g in graders for k in ("score", "passed", "label")]
+    header = base + [f"{g}.{k}" for g in graders for k in ("score", "passed", "label", "error")]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -140,7 +170,7 @@ def to_csv(rows: list[dict]) -> str:
         for g in graders:
             grade = row["grades"].get(g) or {}
             cells += [_cell(grade.get("score")), _cell(grade.get("passed")),
-                      _cell(grade.get("label"))]
+                      _cell(grade.get("label")), _cell((grade.get("details") or {}).get("error"))]
         writer.writerow(cells)
     return buffer.getvalue()
 
@@ -231,7 +261,7 @@ def _html_cells(results: list[dict], samples: dict) -> str:
         grades = []
         for name, g in (r.get("grades") or {}).items():
             css = "pass" if g.get("passed") else "fail" if g.get("passed") is False else ""
-            label = f" ({g['label']})" if g.get("label") else ""
+            label = f" ({grade_note(g)})" if g.get("label") else ""
             grades.append(f"<div class='{css}' title='{e(str(g.get('reasoning') or ''))}'>"
                           f"{e(name)}: {fmt(g.get('score'), 2)}{e(label)}</div>")
         repeat = f" #{r['repeat']}" if r.get("repeat") else ""

@@ -56,11 +56,13 @@ async def run_suite(suite: Suite, config, store, *, resume: str | None = None,
     from keel.gateway import Gateway
 
     dataset_name, dataset_version, samples = resolve_dataset(suite, store)
+    if suite.max_samples is not None:
+        samples = samples[: suite.max_samples]
     gateway = Gateway(config)
     check_models(suite, gateway)
     await gateway.start()
     try:
-        from keel.evals.judge import GatewayJudge
+        from keel.evals.gateway_judge import GatewayJudge
 
         graders = build_graders(suite, GatewayJudge(gateway))
         audit = describe_run(suite, config, graders, dataset_name, dataset_version, samples,
@@ -213,7 +215,7 @@ def describe_run(suite: Suite, config, graders: dict, dataset_name: str, dataset
                   "concurrency": suite.concurrency, "repeats": suite.repeats,
                   "retries": suite.retries},
         "dataset": {"name": dataset_name, "version": dataset_version, "samples": len(samples),
-                    "source": suite.dataset},
+                    "source": suite.dataset, "max_samples": suite.max_samples},
         "gateway_config": config_path,
         "variants": {name: describe_variant(v, config) for name, v in suite.variants.items()},
         "judge": {"model": suite.judge.model, **_route_of(suite.judge.model, config)},
@@ -228,7 +230,7 @@ def describe_variant(variant: VariantSpec, config) -> dict:
                  "params": dict(variant.params), "system_fingerprints": []}
     if model is not None:
         described.update(
-            model_defaults=dict(model.defaults),
+            model_defaults=model.defaults.body(),
             pipeline=[s.name for s in model.layer_specs(config.pipeline)],
             retrieval=model.knowledge,
             tools=model.tools,

@@ -16,6 +16,7 @@
     concurrency: 8
     repeats: 1
     retries: 2
+    max_samples: 50                      # only the first 50 samples (optional)
 
 Every model is strict (`extra="forbid"`): a typo fails before anything runs, with the file, the
 field path and what was expected. Paths in the suite are relative to the suite file.
@@ -114,6 +115,7 @@ class Suite(Strict):
     repeats: int = Field(1, ge=1, le=100)
     retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: float = Field(0.5, ge=0, description="first wait; doubles per retry")
+    max_samples: int | None = Field(None, ge=1, description="only the dataset's first N samples")
 
     _base_dir: Path = PrivateAttr(default=Path("."))
     _source: str = PrivateAttr(default="<suite>")
@@ -178,6 +180,15 @@ class Suite(Strict):
 
     def config_path(self) -> Path | None:
         return self.resolve(self.config) if self.config else None
+
+    def override(self, params: dict[str, Any], max_samples: int | None = None) -> Suite:
+        """The CLI's overrides (`--max-tokens`, `--temperature`, `--seed`, `--max-samples`):
+        `params` go on top of every variant's own."""
+        for variant in self.variants.values():
+            variant.params.update(params)
+        if max_samples is not None:
+            self.max_samples = max_samples
+        return self
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -19,6 +19,8 @@ FAKE_MODELS = {
     "bad-request": {"provider": "fake", "model": "error-400"},
     "judge-c": {"provider": "fake", "model": "fixed:C"},
     "judge-d": {"provider": "fake", "model": "fixed:D"},
+    # Echoes, with a context of 1,000 (whitespace) tokens, like a small local judge.
+    "judge-small": {"provider": "fake", "model": "context-1000"},
 }
 
 

@@ -17,10 +17,12 @@ from keel.evals.datasets import (
     list_datasets,
     load_samples,
 )
+from tests.data_paths import OPENAI_EVALS
 from tests.store.backends import db_url, store  # noqa: F401 - fixtures, one run per backend
 
-REGISTRY = Path("/work/shared/data/openai-evals/data")
+REGISTRY = OPENAI_EVALS / "data"
 REGISTRY_FILES = sorted(REGISTRY.glob("*/*.jsonl"))
+assert REGISTRY_FILES, f"the OpenAI evals registry samples are missing from {REGISTRY}"
 
 
 def write(path: Path, lines: list) -> Path:
@@ -32,7 +34,6 @@ def write(path: Path, lines: list) -> Path:
 # -- the OpenAI evals registry ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REGISTRY_FILES, reason="the shared openai-evals data is not here")
 @pytest.mark.parametrize("path", REGISTRY_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_registry_samples_load_unchanged(path):
     raw = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -202,7 +203,6 @@ def test_unknown_datasets_and_versions(store):  # noqa: F811
         import_dataset(store, "d", [])
 
 
-@pytest.mark.skipif(not REGISTRY_FILES, reason="the shared openai-evals data is not here")
 def test_registry_dataset_round_trips_through_the_store(store):  # noqa: F811
     path = REGISTRY / "test_fuzzy_match" / "samples.jsonl"
     loaded = load_samples(path)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from keel.cli.evals import eval_group
 from keel.cli.main import KeelGroup
+from tests.data_paths import OPENAI_EVALS
 from tests.evals.support import write_config, write_suite
 from tests.store.backends import db_url  # noqa: F401  (fixture)
 
@@ -137,7 +138,7 @@ def test_html_report_escapes_everything(tmp_path, db_url):  # noqa: F811
 
 def test_a_registry_yaml_runs_as_it_is(env):
     tmp_path, config, suite = env
-    registry = "/work/shared/data/openai-evals/evals/test-basic.yaml"
+    registry = str(OPENAI_EVALS / "evals" / "test-basic.yaml")
     result = keel("run", registry)
     assert result.exit_code == 2 and "--model" in result.output
     report = run_json(registry, "--model", "fixed-millie", "--config", config,

@@ -1,9 +1,8 @@
-"""OpenAI evals registry YAML run as it is, from the shared registry folder, on fake models."""
+"""OpenAI evals registry YAML run as it is, from the registry files in tests/data, on fake models."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +12,10 @@ from keel.evals import runs
 from keel.evals.registry import load_registry_suites
 from keel.evals.runner import run_suite
 from keel.store import open_store
+from tests.data_paths import OPENAI_EVALS
 from tests.evals.support import write_config
 
-REGISTRY = Path("/work/shared/data/openai-evals")
-pytestmark = pytest.mark.skipif(not REGISTRY.is_dir(), reason="shared registry data missing")
+REGISTRY = OPENAI_EVALS
 
 
 def test_basic_classes_map_to_graders():

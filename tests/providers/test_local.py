@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -140,7 +141,8 @@ async def test_json_mode_always_parses_and_validates(provider):
         if schema:
             Draft202012Validator(schema).validate(value)
         assert response["usage"]["completion_tokens"] <= budget
-        assert response["choices"][0]["finish_reason"] == "stop"
+        # "length" when closing mode ended the JSON early to fit the budget.
+        assert response["choices"][0]["finish_reason"] in ("stop", "length")
         assert content.startswith("{") and "\n" not in content  # compact: no free whitespace
 
 
@@ -159,9 +161,35 @@ async def test_tiny_json_budgets_close_or_fail_loudly(provider):
 
 async def test_schema_too_big_for_budget_is_refused_before_generating(provider):
     fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": _PERSON}}
+    chunks = provider.stream(ask("A person.", max_tokens=4, response_format=fmt), MODEL)
     with pytest.raises(InvalidRequest) as caught:
-        provider.check(ask("A person.", max_tokens=4, response_format=fmt), MODEL)
+        await anext(chunks)  # before the first chunk: the HTTP edge still answers 400
     assert caught.value.code == "json_budget_exceeded"
+
+
+_FILM = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "year": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["title", "year", "tags"],
+    "additionalProperties": False,
+}
+
+
+async def test_json_closed_early_to_fit_says_length(provider):
+    fmt = {"type": "json_schema", "json_schema": {"name": "film", "schema": _FILM}}
+    body = ask("Describe the film Casablanca in great detail as JSON.", max_tokens=20, seed=1,
+               response_format=fmt)
+    response = await provider.chat(body, MODEL)
+    choice = response["choices"][0]
+    value = json.loads(choice["message"]["content"])
+    assert set(value) == {"title", "year", "tags"}
+    assert choice["finish_reason"] == "length", choice["message"]["content"]
+    chunks = [c async for c in provider.stream(body, MODEL)]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
 _WEATHER = {
@@ -247,13 +275,66 @@ def test_image_parts_are_refused_with_their_path(provider):
     assert caught.value.param == "messages[1].content[0]"
 
 
-def test_context_overflow_says_the_context_size(provider):
+async def test_context_overflow_says_the_context_size(provider):
     with pytest.raises(InvalidRequest) as caught:
-        provider.check(ask("hi", max_completion_tokens=5000, max_tokens=10), MODEL)
+        await provider.chat(ask("hi", max_completion_tokens=5000, max_tokens=10), MODEL)
     assert caught.value.param == "max_completion_tokens" and "4096" in caught.value.message
     with pytest.raises(InvalidRequest) as caught:
-        provider.check(ask("word " * 5000), MODEL)
+        await anext(provider.stream(ask("word " * 5000), MODEL))
     assert caught.value.param == "messages"
+
+
+async def test_each_request_is_planned_once_on_the_worker(provider, monkeypatch):
+    planner = provider._engine.planner
+    threads: list[str] = []
+
+    def recording(fn):
+        def call(*args):
+            threads.append(threading.current_thread().name)
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(planner, "tokenize", recording(planner.tokenize))
+    monkeypatch.setattr(planner, "count_tokens", recording(planner.count_tokens))
+    fmt = {"type": "json_schema", "json_schema": {"name": "film", "schema": _FILM}}
+    for body in (ask("Hi", max_tokens=2, seed=1), ask("A film.", max_tokens=40, seed=1, response_format=fmt)):
+        provider.check(body, MODEL)  # what the gateway runs on the event loop
+        await provider.chat(body, MODEL)
+        provider.check(body, MODEL)
+        [c async for c in provider.stream(body, MODEL)]
+    # One tokenising of the prompt per request (plus one count of the JSON reserve), and only
+    # on the engine's worker thread, never on the event loop.
+    assert len(threads) == 2 + 2 * 2
+    assert all(name.startswith("keel-local") for name in threads), threads
+
+
+async def test_a_cancelled_generation_has_no_invented_finish_reason(provider):
+    engine = provider._engine
+    cancel = threading.Event()
+    seen: list[object] = []
+
+    def emit(piece):
+        seen.append(piece)
+        if len(seen) == 4:
+            cancel.set()  # as the worker does when the client disconnects
+
+    body = ask("Write a very long story.", max_tokens=200, seed=1, logit_bias=NO_EOS)
+    plan, outcome = await provider._worker.call(provider._generate, engine, body, cancel, emit)
+    assert outcome.cancelled and 0 < outcome.completion_tokens < 200
+    assert outcome.finish_reason in ("stop", "length")
+    queued = threading.Event()
+    queued.set()  # the client left while the request still waited in the queue
+    plan, outcome = await provider._worker.call(provider._generate, engine, body, queued, None)
+    assert plan is None and outcome.cancelled and outcome.finish_reason in ("stop", "length")
+
+
+async def test_stop_applies_to_text_answers_when_tools_are_offered(provider):
+    for seed in (1, 2, 3):
+        body = ask("Say hello to Bob in a full sentence.", tools=[_WEATHER], max_tokens=30, seed=seed,
+                   temperature=0.8, stop=[" "])
+        message = (await provider.chat(body, MODEL))["choices"][0]["message"]
+        if not message.get("tool_calls"):
+            assert " " not in message["content"], message["content"]
 
 
 async def _worker_is_free(provider) -> float:
@@ -307,7 +388,10 @@ async def test_event_loop_stays_responsive_while_generating(provider):
     await provider.chat(ask("Tell me about rivers.", max_tokens=40, seed=1, logit_bias=NO_EOS), MODEL)
     done.set()
     await tick
-    assert len(gaps) > 20 and max(gaps) < 0.25
+    # A loop blocked by generation would tick a handful of times with gaps of seconds; the median
+    # gap says it kept ticking, and the bound on the worst is loose for a busy 2-core runner.
+    assert len(gaps) > 20
+    assert sorted(gaps)[len(gaps) // 2] < 0.05 and max(gaps) < 1.5
 
 
 async def test_concurrent_requests_finish_in_arrival_order(provider):

@@ -10,6 +10,11 @@
                     rag.py         rag (faithfulness, context and answer relevance)
     yours           python.py      python (a function of sample and output)
 
+    shared          common.py             the base class, failure labels, text helpers
+                    judge_call.py         the judge's options, one request, reading its reply
+                    modelgraded_spec.py   a model-graded spec: load, fill its prompt, read choices
+                    bundled_specs.py      the `fact` and `closedqa` specs, verbatim from evals
+
 All share one protocol (`Grader` in keel.evals.base) and are found by kind through the
 `keel.graders` entry point group, so a package can add its own. Failures never stop a run: they
 grade 0 with label "__error__" or "__invalid__" (see common.py).

@@ -1,7 +1,7 @@
 """The `classify` grader: OpenAI evals' model-graded classify, driven by a spec.
 
 The spec's prompt is filled from the sample and the output, the judge answers, its choice is
-read (spec.py), and the choice's score is the grade's score. `label` is the choice and
+read (modelgraded_spec.py), and the choice's score is the grade's score. `label` is the choice and
 `reasoning` the judge's whole answer. An answer with no readable choice grades 0 with label
 "__invalid__" (OpenAI evals gives it the lowest choice score, which is 0 for its specs too).
 
@@ -27,8 +27,13 @@ from keel.evals.graders.common import (
     ideal_text,
     transcript,
 )
-from keel.evals.graders.judging import JudgeOptions, ask
-from keel.evals.graders.spec import fill, load_spec, parse_choice, with_answer_prompt
+from keel.evals.graders.judge_call import JudgeOptions, ask
+from keel.evals.graders.modelgraded_spec import (
+    fill,
+    load_spec,
+    parse_choice,
+    with_answer_prompt,
+)
 
 EvalType = Literal["cot_classify", "classify_cot", "classify"]
 

@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, ClassVar
 
+from keel.errors import KeelError
 from keel.evals.base import Grade, GraderOptions, Judge, Output, Sample
 
 ERROR = "__error__"
@@ -43,6 +44,8 @@ class BaseGrader:
             return failed(ERROR, "the output has no text", output_error=output.error)
         try:
             return await self.evaluate(sample, output)
+        except KeelError as exc:  # already says what went wrong (a judge prompt too long, ...)
+            return failed(ERROR, exc.message)
         except Exception as exc:  # noqa: BLE001 — one bad grade must not end a 1,000-sample run
             return failed(ERROR, f"{type(exc).__name__}: {exc}")
 

@@ -32,7 +32,7 @@ from keel.evals.graders.common import (
     find_json,
     question_text,
 )
-from keel.evals.graders.judging import JudgeOptions, ask, json_schema_format
+from keel.evals.graders.judge_call import JudgeOptions, ask, json_schema_format
 from keel.evals.graders.rag_prompts import PROMPTS, SCHEMAS
 
 Metric = Literal["faithfulness", "context_relevance", "answer_relevance"]

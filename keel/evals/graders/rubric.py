@@ -28,7 +28,7 @@ from keel.evals.graders.common import (
     ideal_text,
     transcript,
 )
-from keel.evals.graders.judging import JudgeOptions, ask, json_schema_format
+from keel.evals.graders.judge_call import JudgeOptions, ask, json_schema_format
 from keel.evals.graders.rubric_defaults import (
     DEFAULT_CRITERIA,
     DEFAULT_EXAMPLE_QUESTION,

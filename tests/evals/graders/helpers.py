@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from keel.embeddings import Embeddings
 from keel.embeddings.fake import embed_words
 from keel.evals.base import Output, Sample
+from tests.data_paths import OPENAI_EVALS
 
-# The project's shared/ folder sits beside the repository (as on CI).
-SPECS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "openai-evals" / "modelgraded"
+SPECS = OPENAI_EVALS / "modelgraded"
 
 
 class ScriptedJudge:

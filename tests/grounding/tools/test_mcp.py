@@ -17,7 +17,7 @@ from keel.errors import ConfigError
 from keel.grounding.tools.base import ToolError
 from keel.grounding.tools.mcp import MCPOptions, MCPTool
 
-pytest.importorskip("mcp")
+import mcp  # noqa: E402,F401  (a test dependency: missing means a broken install, not a skip)
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 STDIO = [sys.executable, SERVER]
@@ -73,14 +73,15 @@ async def test_errors_and_bad_arguments_are_tool_errors():
 
 
 async def test_calls_from_several_tasks_run_concurrently_and_time_out():
-    tool = await started(command=STDIO, timeout_s=1.0)
+    tool = await started(command=STDIO, timeout_s=2.0)
     try:
         t0 = time.perf_counter()
-        naps = [asyncio.create_task(tool.call("demo__nap", {"seconds": 0.4})) for _ in range(3)]
+        naps = [asyncio.create_task(tool.call("demo__nap", {"seconds": 1.0})) for _ in range(3)]
         assert await asyncio.gather(*naps) == ["rested"] * 3
-        assert time.perf_counter() - t0 < 1.0  # ~0.4 s, not 1.2 s
-        with pytest.raises(ToolError, match="within 1 s"):
-            await tool.call("demo__nap", {"seconds": 3})
+        # ~1 s together, 3 s one after another: the margin holds on a busy 2-core runner.
+        assert time.perf_counter() - t0 < 2.5
+        with pytest.raises(ToolError, match="within 2 s"):
+            await tool.call("demo__nap", {"seconds": 5})
         assert await tool.call("demo__add", {"a": 1, "b": 1}) == "2"  # still serving
     finally:
         await tool.aclose()

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from keel.errors import ConfigError
-from keel.evals.graders.spec import (
+from keel.evals.graders.modelgraded_spec import (
     fill,
     load_spec,
     parse_choice,

@@ -13,7 +13,7 @@ eval_type says where the judge's choice is:
 When a spec's prompt does not ask for a format itself (no eval_type in the spec, like `fact`),
 or the grader's options set one, an instruction for that format is appended to the prompt.
 
-`fact` and `closedqa` are bundled (specs.py), so they work without the evals registry.
+`fact` and `closedqa` are bundled (bundled_specs.py), so they work without the evals registry.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from keel.errors import ConfigError
+from keel.evals.graders.bundled_specs import BUNDLED
 from keel.evals.graders.common import INVALID
-from keel.evals.graders.specs import BUNDLED
 
 EVAL_TYPES = ("cot_classify", "classify_cot", "classify")
 
