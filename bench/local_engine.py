@@ -21,8 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from keel.providers.local import LocalOptions, LocalProvider
-from keel.providers.local_model import resolve_model_path
+from keel.providers.local import LocalEngineOptions, LocalProvider
+from keel.providers.local.model import resolve_model_path
 
 PROMPTS = [
     ("You are a travel writer.", "Describe a walk through Lisbon."),
@@ -38,7 +38,7 @@ def messages(system: str, user: str) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def run_raw(llm, opts: LocalOptions, msgs, seed: int, max_tokens: int, temperature: float):
+def run_raw(llm, opts: LocalEngineOptions, msgs, seed: int, max_tokens: int, temperature: float):
     started = time.perf_counter()
     out = llm.create_chat_completion(
         msgs,
@@ -73,7 +73,7 @@ async def run_keel_stream(provider, body: dict):
 async def main(rounds: int, max_tokens: int, temperature: float) -> dict:
     import llama_cpp
 
-    opts = LocalOptions()
+    opts = LocalEngineOptions()
     provider = LocalProvider("local", opts)
     await provider.start()
     llm = llama_cpp.Llama(

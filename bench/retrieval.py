@@ -231,7 +231,7 @@ def fill_synthetic(kb: KnowledgeBase, passages: list[str], count: int, fingerpri
     """`count` chunks of real passage text with random unit vectors, written in bulk."""
     rng = np.random.default_rng(0)
     with kb.runtime.store.engine.begin() as conn:
-        info = records.create_collection(conn, "big", "minilm", fingerprint, dim)
+        info = records.ensure_collection(conn, "big", "minilm", fingerprint, dim)
         per_doc = 100
         for start in range(0, count, per_doc):
             n = min(per_doc, count - start)
@@ -239,7 +239,7 @@ def fill_synthetic(kb: KnowledgeBase, passages: list[str], count: int, fingerpri
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             chunks = [Chunk(passages[(start + i) % len(passages)], "", i, 0) for i in range(n)]
             doc = Document(id=f"d{start // per_doc}", sections=[])
-            records.write_document(conn, info.id, doc, f"h{start}", chunks, vectors, None)
+            records.write_document(conn, info.id, doc, f"h{start}", chunks, vectors)
         records.refresh_version(conn, info.id, fingerprint)
 
 

@@ -7,13 +7,17 @@
     │   ├── ModelNotFound    404   unknown public model name
     │   └── PayloadTooLarge  413   body over `server.max_body_bytes`
     ├── NotFound             404   an unknown route or resource
-    └── UpstreamError        502   the provider failed (5xx, refused connection, bad answer)
-        ├── UpstreamRateLimited 429  passes the upstream's Retry-After on
-        └── UpstreamTimeout     504
+    ├── UpstreamError        502   the provider failed (5xx, refused connection, bad answer)
+    │   ├── UpstreamRateLimited 429  passes the upstream's Retry-After on
+    │   └── UpstreamTimeout     504
+    ├── InternalError        500   a bug in Keel: the message names the trace, the log has the rest
+    └── ClientClosed         499   the client went away before the answer (traces only: nobody
+                                   is left to read it)
 
 At the HTTP edge an error becomes `{"error": {"message", "type", "param", "code"}}` with its
-status; in the CLI it becomes one clean line. Anything else is a bug and is reported as a 500
-without its stack trace.
+status; in the CLI it becomes one clean line. Anything else is a bug and is reported as an
+`InternalError` (500) without its stack trace. `keel.api.errors` maps aiohttp's own HTTP errors
+(404 unknown URL, 405, 413, ...) to the same shape.
 """
 
 from __future__ import annotations
@@ -96,3 +100,20 @@ class UpstreamRateLimited(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class InternalError(KeelError):
+    """What the client hears of an unexpected exception: the trace id, never the stack."""
+
+    @classmethod
+    def for_trace(cls, trace_id: str) -> InternalError:
+        return cls(f"Keel failed to handle the request; see trace {trace_id} in its log.")
+
+
+class ClientClosed(KeelError):
+    status = 499  # nginx's convention
+    type = "client_closed"
+    code = "client_closed"
+
+    def __init__(self, message: str = "the client closed the connection", **kwargs) -> None:
+        super().__init__(message, **kwargs)

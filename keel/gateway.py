@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from keel.config import KeelConfig, LayerSpec
-from keel.errors import ModelNotFound
+from keel.errors import ClientClosed, InternalError, KeelError, ModelNotFound
 from keel.pipeline import Context, Route, Trace
-from keel.pipeline.assemble import build_chain, make_layer
-from keel.pipeline.request import validate_chat_request
+from keel.pipeline.assemble import build_chain, check_request, make_layer
+from keel.pipeline.request import (
+    check_request_schemas,
+    normalise_extensions,
+    validate_chat_request,
+)
 from keel.pipeline.runtime import Runtime
 from keel.providers.registry import provider_class
 
@@ -45,8 +51,9 @@ class Gateway:
                 provider_name=spec.provider,
                 provider=self.providers[spec.provider],
                 upstream_model=spec.model or name,
-                defaults=dict(spec.defaults),
+                defaults=spec.defaults.body(),
                 handler=build_chain(layers),
+                layers=layers,
                 created=created,
                 owned_by=spec.provider,
                 pricing=spec.pricing,
@@ -70,30 +77,59 @@ class Gateway:
         trace.provider = route.provider_name
         trace.upstream_model = route.upstream_model
         trace.stream = bool(request.stream)
-        for key, value in route.defaults.items():
-            body.setdefault(key, value)
+        filled = [key for key in route.defaults if key not in body]
+        for key in filled:
+            body[key] = route.defaults[key]
+        if filled:  # a default may itself be an extension (guided_json, json_object + schema)
+            check_request_schemas(body)
+            normalise_extensions(body)
         route.provider.check(body, route.upstream_model)
+        check_request(route.layers, body)
         return Context(body=body, route=route, trace=trace, headers=headers or {})
 
     async def complete(self, body: dict, *, trace: Trace | None = None) -> dict:
         """A non-streaming chat completion through the whole pipeline, traced (library use).
-        Pass a `Trace` to learn its id (`trace.id`) and what it recorded."""
+        Pass a `Trace` to learn its id (`trace.id`) and what it recorded. Errors propagate as
+        raised; the trace records them as the HTTP path does (`recording`)."""
         trace = trace or Trace()
         trace.request = dict(body)
-        status = 200
-        try:
+        with self.recording(trace):
             ctx = self.context_for(dict(body, stream=False), trace)
             result = await ctx.route.handler(ctx)
             trace.response = result
             trace.record_usage(result.get("usage"))
             trace.system_fingerprint = result.get("system_fingerprint")
             return result
-        except Exception as exc:
-            status = getattr(exc, "status", 500)
-            trace.error = {"message": str(exc), "status": status}
+
+    @contextmanager
+    def recording(self, trace: Trace) -> Iterator[None]:
+        """Finish and record `trace` when the block ends, whatever the outcome.
+
+        The one place a request's outcome becomes its trace status and error, for the HTTP
+        handlers (`keel.api.traced`) and `complete` alike: a `KeelError` is recorded with its
+        status and OpenAI error body; a cancelled call (the client left) as 499 `client_closed`;
+        anything else as a 500 `InternalError`, logged once with its stack and the trace id.
+        The exception itself propagates unchanged. A stream that failed after its headers
+        has set `trace.status` already, and that status stands.
+        """
+        status = 200
+        try:
+            yield
+        except KeelError as exc:
+            status = exc.status
+            trace.error = exc.to_openai()["error"]
+            raise
+        except asyncio.CancelledError:
+            status = ClientClosed.status
+            trace.error = ClientClosed().to_openai()["error"]
+            raise
+        except Exception:
+            log.exception("unexpected error in trace %s", trace.id)
+            status = InternalError.status
+            trace.error = InternalError.for_trace(trace.id).to_openai()["error"]
             raise
         finally:
-            trace.finish(status)
+            trace.finish(trace.status or status)
             self.record(trace)
 
     def _layer(self, spec: LayerSpec):

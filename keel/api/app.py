@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from keel.api import embeddings, feedback, knowledge
+from keel.api import embeddings, feedback, knowledge, openapi
+from keel.api.appkeys import GATEWAY
 from keel.api.chat import chat_completions
 from keel.api.errors import openai_errors
-from keel.api.keys import GATEWAY
 from keel.api.models import get_model, healthz, list_models, readyz
 from keel.gateway import Gateway
 
@@ -26,6 +26,7 @@ def create_app(gateway: Gateway) -> web.Application:
     embeddings.add_routes(app)
     knowledge.add_routes(app)
     feedback.add_routes(app)
+    openapi.add_routes(app)
 
     async def start(app: web.Application) -> None:
         await app[GATEWAY].start()

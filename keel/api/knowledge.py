@@ -15,9 +15,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from keel.api.appkeys import GATEWAY
 from keel.api.body import read_json
 from keel.api.errors import error_response
-from keel.api.keys import GATEWAY
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.grounding.knowledge import knowledge_base
 

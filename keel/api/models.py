@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from keel.api.appkeys import GATEWAY
 from keel.api.embeddings import embedding_models
 from keel.api.errors import error_response
-from keel.api.keys import GATEWAY
 from keel.errors import KeelError
 from keel.pipeline import Route
 
@@ -47,5 +47,7 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if gateway.ready else "starting",
         "traces": recorder.stats() if recorder is not None else None,
+        # Traces wait in a buffer while the store is away: ready still, but it shows here.
+        "store": recorder.status() if recorder is not None else None,
     }
     return web.json_response(body, status=200 if gateway.ready else 503)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
+import sys
 from typing import Callable
 
 from aiohttp import web
@@ -11,6 +13,11 @@ from aiohttp import web
 from keel.api.app import create_app
 from keel.config import KeelConfig
 from keel.gateway import Gateway
+
+# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+SWITCH_INTERVAL_S = 0.001
+# Allocations between young-generation collections (CPython's default: 700).
+GC_GEN0_THRESHOLD = 10_000
 
 
 def run(config: KeelConfig, announce: Callable[[str], None] = print) -> None:
@@ -31,6 +38,7 @@ async def serve(config: KeelConfig, announce: Callable[[str], None] = print) -> 
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
     await site.start()
+    settle_runtime()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -43,3 +51,23 @@ async def serve(config: KeelConfig, announce: Callable[[str], None] = print) -> 
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def settle_runtime() -> None:
+    """Tune the interpreter for serving, once start-up is over; the tail latency depends on it.
+
+    - `gc.freeze()`: what start-up built (modules, schemas, the layer chain: hundreds of
+      thousands of objects) moves out of the collector's sight, so a full collection walks only
+      what requests allocate: single-digit ms instead of 100 ms and more, every few seconds,
+      during which no request moves.
+    - A higher young-generation threshold: fewer collections, and fewer in-flight requests'
+      objects promoted into the older generations that full collections walk. Requests make
+      next to no reference cycles, so memory is freed by reference counting regardless.
+    - A 1 ms switch interval: the trace writer thread holds the GIL while it builds a batch,
+      and the event loop, wanting it back, waits by default up to 5 ms each time.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)

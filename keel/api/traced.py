@@ -2,46 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from keel.api.appkeys import GATEWAY
 from keel.api.errors import error_response
-from keel.api.keys import GATEWAY
-from keel.errors import KeelError
+from keel.errors import ClientClosed, InternalError, KeelError
 from keel.gateway import Gateway
 from keel.pipeline import Trace
-
-log = logging.getLogger("keel.api")
-
-CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
 
 Work = Callable[[web.Request, Gateway, Trace], Awaitable[web.StreamResponse]]
 
 
 async def traced(request: web.Request, endpoint: str, work: Work) -> web.StreamResponse:
+    """`work`'s response, or its error as an OpenAI-shaped response; `Gateway.recording`
+    records the trace either way (a cancelled request, the client gone, propagates)."""
     gateway = request.app[GATEWAY]
     trace = Trace(endpoint=endpoint)
-    status = 200
     try:
-        return await work(request, gateway, trace)
+        with gateway.recording(trace):
+            response = await work(request, gateway, trace)
+            if not response.prepared and _client_gone(request):
+                # aiohttp (handler cancellation off) lets the handler finish for a client that
+                # has gone; the answer has nowhere to go, so the trace says so.
+                trace.status = ClientClosed.status
+                trace.error = ClientClosed().to_openai()["error"]
+            return response
     except KeelError as exc:
-        status = exc.status
-        trace.error = exc.to_openai()["error"]
         return error_response(exc, {"x-keel-trace-id": trace.id})
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        trace.error = {"message": "the client closed the connection", "type": "client_closed"}
-        raise
-    except Exception:
-        log.exception("unexpected error in trace %s", trace.id)
-        status = 500
-        error = KeelError(f"Keel failed to handle the request; see trace {trace.id} in its log.")
-        trace.error = error.to_openai()["error"]
-        return error_response(error, {"x-keel-trace-id": trace.id})
-    finally:
-        # A stream that failed after its headers sets trace.status itself.
-        trace.finish(trace.status or status)
-        gateway.record(trace)
+    except Exception:  # logged by `recording`, with its stack; the client gets the trace id
+        return error_response(InternalError.for_trace(trace.id), {"x-keel-trace-id": trace.id})
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

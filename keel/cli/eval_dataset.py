@@ -12,6 +12,7 @@ from rich.text import Text
 
 from keel.cli import common
 from keel.cli.common import json_option, open_store_for, store_options
+from keel.messages import content_text
 
 
 @click.group("dataset")
@@ -178,15 +179,9 @@ def _table(columns: list[str]) -> Table:
 
 
 def _messages(messages: list[dict]) -> str:
-    return "\n".join(f"{m.get('role')}: {_content(m.get('content'))}" for m in messages)
+    return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
 
 
-def _content(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: show the text ones
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
 
 
 def _ideal(ideal) -> str:

@@ -6,6 +6,12 @@ from functools import lru_cache
 
 import orjson
 from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+
+from keel.errors import InvalidRequest
+
+SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
 def expected_schema(body: dict) -> tuple[bool, dict | None]:
@@ -30,8 +36,14 @@ def problem_with(content: str | None, schema: dict | None) -> str | None:
         return f"not valid JSON ({exc})"
     if schema is None:
         return None if isinstance(value, dict) else "expected a JSON object"
-    error = next(iter(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
-                      .iter_errors(value)), None)
+    try:
+        error = next(iter(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+                          .iter_errors(value)), None)
+    except (Unresolvable, RecursionError) as exc:
+        # The request edge (`keel.consistency.schemas`) refuses such schemas; one that still
+        # gets here (a $ref loop) is the client's, and says so rather than failing as a bug.
+        why = "recurses without end" if isinstance(exc, RecursionError) else f"has {exc}"
+        raise InvalidRequest(f"the JSON schema {why}", param=SCHEMA_PARAM) from None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
@@ -40,4 +52,5 @@ def problem_with(content: str | None, schema: dict | None) -> str | None:
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: bytes) -> Draft202012Validator:
-    return Draft202012Validator(orjson.loads(schema_json))
+    # An empty registry: a $ref the schema cannot resolve itself is never fetched remotely.
+    return Draft202012Validator(orjson.loads(schema_json), registry=Registry())

@@ -7,6 +7,8 @@ from pydantic import Field
 from keel.consistency.json_check import expected_schema, problem_with
 from keel.errors import UpstreamError
 from keel.pipeline import Context, LayerOptions, Next, Result
+from keel.pipeline.layer import refuse_several_choices
+from keel.providers.shapes import add_usage
 
 REPAIR_PROMPT = (
     "Your previous answer is invalid: {problem}. Reply again with only the corrected JSON, "
@@ -32,6 +34,10 @@ class JSONModeLayer:
     def __init__(self, options: JSONModeOptions, runtime=None) -> None:
         self.repair_attempts = options.repair_attempts
 
+    def check(self, body: dict) -> None:
+        if expected_schema(body)[0]:
+            refuse_several_choices(body, self.name, "checks and repairs one JSON answer")
+
     async def __call__(self, ctx: Context, next: Next) -> Result:
         wants_json, schema = expected_schema(ctx.body)
         if not wants_json:
@@ -55,7 +61,7 @@ class JSONModeLayer:
                 span.attrs["problem"] = problem
                 ctx.body = _repair_request(original, result, problem)
                 result = await next(ctx)
-                _add_usage(usage, result.get("usage"))
+                add_usage(usage, result.get("usage"))
         ctx.body = original
         if usage:
             result["usage"] = usage
@@ -92,9 +98,3 @@ def _repair_request(original: dict, result: dict, problem: str) -> dict:
         {"role": "user", "content": REPAIR_PROMPT.format(problem=problem)},
     ]
     return {**original, "messages": messages}
-
-
-def _add_usage(total: dict, more: dict | None) -> None:
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        if more and isinstance(more.get(key), int):
-            total[key] = total.get(key, 0) + more[key]

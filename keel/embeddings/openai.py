@@ -4,7 +4,9 @@ One pooled keep-alive `aiohttp.ClientSession`, opened in `start()`. A call is cu
 of `batch_size` inputs, sent `max_concurrency` at a time. The vector size is the `dim` option
 when given, else `dimensions`, else learned in `start()` from one probe request. Vectors are
 L2-normalised on arrival (not every server normalises). Upstream failures map to Keel errors
-exactly as for the chat provider (`keel.providers.openai_errors`).
+exactly as for the chat provider (`keel.providers.openai_errors`), and a response over
+`max_response_bytes` (32 MiB: raise it for large `batch_size` x dimensions) is a 502
+`upstream_response_too_large`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from keel.providers.upstream import (
     UpstreamOptions,
     base_headers,
     open_session,
+    read_body,
     timeout_error,
 )
 
@@ -95,7 +98,7 @@ class OpenAIEmbedder:
             body["dimensions"] = self.options.dimensions
         try:
             async with self._session.post(self.url, data=orjson.dumps(body)) as resp:
-                raw = await resp.read()
+                raw = await read_body(resp, self.options, self._who)
                 if resp.status >= 400:
                     raise http_error(self.name, self.base_url, resp.status, raw, resp.headers,
                                      path="/embeddings")
@@ -129,8 +132,12 @@ class OpenAIEmbedder:
     def _open_session(self) -> aiohttp.ClientSession:
         return open_session(self.options, base_headers(self.options))
 
+    @property
+    def _who(self) -> str:
+        return f"embedder {self.name!r} ({self.base_url})"
+
     def _timeout(self, exc: BaseException) -> UpstreamTimeout:
-        return timeout_error(exc, self.options, f"embedder {self.name!r} ({self.base_url})")
+        return timeout_error(exc, self.options, self._who)
 
     def _bad(self, what: str) -> UpstreamError:
         return UpstreamError(f"embedder {self.name!r} ({self.base_url}) sent {what}")

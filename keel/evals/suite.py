@@ -40,6 +40,7 @@ from pydantic import (
 from keel.config import describe_validation_error, read_yaml
 from keel.errors import ConfigError
 from keel.evals.base import Sample
+from keel.messages import content_text
 
 # Only these placeholders are filled in, so other braces (JSON examples) pass through untouched.
 _PLACEHOLDER = re.compile(r"\{(input|context|metadata(?:\.[A-Za-z0-9_\-]+)+)\}")
@@ -251,8 +252,8 @@ def input_text(sample: Sample) -> str:
     """The sample's question as text: the last user turn (the whole input when there is none)."""
     for msg in reversed(sample.input):
         if msg.get("role") == "user":
-            return _text(msg.get("content"))
-    return "\n".join(_text(m.get("content")) for m in sample.input)
+            return content_text(msg.get("content"))
+    return "\n".join(content_text(m.get("content")) for m in sample.input)
 
 
 def context_text(sample: Sample) -> str:
@@ -260,10 +261,3 @@ def context_text(sample: Sample) -> str:
         return ""
     return sample.context if isinstance(sample.context, str) else "\n\n".join(sample.context)
 
-
-def _text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)

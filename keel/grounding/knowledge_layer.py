@@ -5,6 +5,11 @@ searched with its latest user turn (optionally rewritten into a standalone query
 conversation), the passages go to the model as numbered sources with an instruction to answer
 from them and cite them, and the response carries a `citations` list (and the trace a span).
 When nothing relevant is found the model is told so, so it can say it does not know.
+
+Rewriting the query is a call to the route's own model: it is a `knowledge.rewrite` span with
+its usage, and its tokens are added to the response's `usage` (and so to the trace's tokens
+and cost), as every call Keel makes on a request's behalf is. If it fails, the latest user
+turn is searched as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any, AsyncIterator
 from pydantic import Field
 
 from keel.errors import KeelError
+from keel.messages import content_text
+from keel.messages import last_user_text as messages_last_user_text
 from keel.pipeline import Context, LayerOptions, Next, Result
+from keel.pipeline.layer import refuse_several_choices
+from keel.providers.shapes import add_usage
 
 log = logging.getLogger("keel.grounding")
 
@@ -76,14 +85,18 @@ class KnowledgeLayer:
             log.warning("knowledge collection %r is empty or missing: run `keel ingest PATH "
                         "--collection %s`", self.options.collection, self.options.collection)
 
+    def check(self, body: dict) -> None:
+        refuse_several_choices(body, self.name, "attaches citations to one choice")
+
     async def __call__(self, ctx: Context, next: Next) -> Result:
         query = last_user_text(ctx.body.get("messages") or [])
         if not query:
             return await next(ctx)
         opts = self.options
+        extra_usage: dict[str, int] = {}
         with ctx.trace.span("knowledge.retrieve") as span:
             if opts.rewrite_query and _user_turns(ctx.body["messages"]) > 1:
-                query = await self._rewrite(ctx)
+                query = await self._rewrite(ctx, extra_usage)
             span.attrs.update(collection=opts.collection, query=query)
             try:
                 hits = await self.kb.search(opts.collection, query, top_k=opts.top_k,
@@ -102,20 +115,32 @@ class KnowledgeLayer:
         ctx.body = {**ctx.body, "messages": _grounded(ctx.body["messages"], sources, opts)}
         result = await next(ctx)
         if ctx.stream:
-            return _cite_stream(result, sources)
+            return _cite_stream(result, sources, extra_usage)
         content = "".join(
             (c.get("message") or {}).get("content") or "" for c in result.get("choices") or ())
         result["citations"] = citations(sources, content)
+        if extra_usage:
+            result["usage"] = add_usage(dict(result.get("usage") or {}), extra_usage)
         return result
 
-    async def _rewrite(self, ctx: Context) -> str:
+    async def _rewrite(self, ctx: Context, usage: dict[str, int]) -> str:
+        """The standalone query; the call's tokens are added to `usage`."""
         transcript = "\n".join(
             f"{m['role']}: {_text(m.get('content'))}" for m in ctx.body["messages"]
             if m.get("role") in ("user", "assistant"))
         body = {"model": ctx.route.upstream_model, "temperature": 0, "max_tokens": 64,
                 "messages": [{"role": "system", "content": REWRITE},
                              {"role": "user", "content": transcript}]}
-        answer = await ctx.route.provider.chat(body, ctx.route.upstream_model)
+        with ctx.trace.span("knowledge.rewrite") as span:
+            span.attrs["model"] = ctx.route.upstream_model
+            try:
+                answer = await ctx.route.provider.chat(body, ctx.route.upstream_model)
+            except KeelError as exc:
+                span.attrs["error"] = exc.message
+                return last_user_text(ctx.body["messages"])
+            spent = answer.get("usage") or {}
+            span.attrs["usage"] = spent
+            add_usage(usage, spent)
         text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
         return text.strip() or last_user_text(ctx.body["messages"])
 
@@ -140,7 +165,8 @@ def citations(sources: list, answer: str) -> list[dict]:
     ]
 
 
-async def _cite_stream(chunks: AsyncIterator[dict], sources: list) -> AsyncIterator[dict]:
+async def _cite_stream(chunks: AsyncIterator[dict], sources: list,
+                       extra_usage: dict[str, int]) -> AsyncIterator[dict]:
     parts: list[str] = []
     try:
         async for chunk in chunks:
@@ -148,6 +174,8 @@ async def _cite_stream(chunks: AsyncIterator[dict], sources: list) -> AsyncItera
                 parts.append((choice.get("delta") or {}).get("content") or "")
                 if choice.get("finish_reason"):
                     chunk = {**chunk, "citations": citations(sources, "".join(parts))}
+            if extra_usage and chunk.get("usage"):
+                chunk = {**chunk, "usage": add_usage(dict(chunk["usage"]), extra_usage)}
             yield chunk
     finally:
         await chunks.aclose()
@@ -194,10 +222,7 @@ def _brief(hit) -> dict:
 
 
 def last_user_text(messages: list[dict]) -> str:
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _text(message.get("content")).strip()
-    return ""
+    return messages_last_user_text(messages, "\n").strip()
 
 
 def _user_turns(messages: list[dict]) -> int:
@@ -205,8 +230,4 @@ def _user_turns(messages: list[dict]) -> int:
 
 
 def _text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+    return content_text(content, "\n")

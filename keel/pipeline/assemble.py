@@ -14,6 +14,14 @@ def make_layer(name: str, options: dict, runtime: Any = None) -> Layer:
     return cls(cls.Options.model_validate(options), runtime)
 
 
+def check_request(layers: list[Layer], body: dict) -> None:
+    """Let each layer refuse, at the request edge, a request it cannot honour (`Layer.check`)."""
+    for layer in layers:
+        check = getattr(layer, "check", None)
+        if check is not None:
+            check(body)
+
+
 def build_chain(layers: list[Layer]) -> Next:
     """`layers[0]` runs first; each call is a span named after its layer."""
     handler: Next = call_provider

@@ -24,6 +24,7 @@ class Route:
     created: int = 0
     owned_by: str = "keel"
     pricing: Any = None  # keel.config.PricingConfig, when the model's price is configured
+    layers: list = field(default_factory=list)  # the layers of `handler`, first first
 
 
 @dataclass(slots=True)

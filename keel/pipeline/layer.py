@@ -6,6 +6,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from keel.errors import UnsupportedParameter
 from keel.pipeline.context import Context, Result
 from keel.plugins import load
 
@@ -21,7 +22,9 @@ class LayerOptions(BaseModel):
 class Layer(Protocol):
     """A step of the request path. `runtime` (a `keel.pipeline.runtime.Runtime`) gives access to
     the store and embedders; a layer that holds resources may also define `async start()` and
-    `async aclose()`, which the gateway calls once."""
+    `async aclose()`, which the gateway calls once. A layer that cannot honour some requests
+    defines `check(body)`, raising `UnsupportedParameter`: the gateway calls it at the request
+    edge (`keel.pipeline.assemble.check_request`), before anything runs or a stream starts."""
 
     name: ClassVar[str]
     Options: ClassVar[type[LayerOptions]]
@@ -33,3 +36,14 @@ class Layer(Protocol):
 
 def layer_class(name: str) -> type:
     return load("keel.layers", name, "layer")
+
+
+def refuse_several_choices(body: dict, layer: str, why: str) -> None:
+    """A 400 for `n` > 1 on a layer that handles one choice (its reason in `why`)."""
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        raise UnsupportedParameter(
+            f"n={n} is not supported on this model: its {layer} layer {why}; send n=1 "
+            "(or leave n out) and make n requests for n answers",
+            param="n",
+        )

@@ -10,8 +10,10 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 from msgspec import Meta, Struct
 
+from keel.consistency.schemas import check_request_schemas
 from keel.errors import InvalidRequest
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -105,7 +107,9 @@ class TextFormat(Struct, tag_field="type", tag="text"):
 
 
 class JSONObjectFormat(Struct, tag_field="type", tag="json_object"):
-    pass
+    # llama.cpp server's extension (instructor's JSON_SCHEMA mode sends it): a schema here is
+    # honoured as a json_schema response_format (`normalise_extensions`).
+    schema: dict[str, Any] | None = None
 
 
 class JSONSchemaResponseFormat(Struct, tag_field="type", tag="json_schema"):
@@ -160,6 +164,11 @@ class ChatCompletionRequest(Struct):
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     logit_bias: dict[str, float] | None = None
+    # vLLM's extra-body fields (docs/json-mode.md): guided_json becomes a json_schema
+    # response_format; guided_choice and guided_regex go to remote upstreams untouched.
+    guided_json: dict[str, Any] | str | None = None
+    guided_choice: list[str] | None = None
+    guided_regex: str | None = None
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")
@@ -178,6 +187,8 @@ def validate_chat_request(body: Any) -> ChatCompletionRequest:
         raise InvalidRequest(
             "stream_options is only allowed when stream is true", param="stream_options"
         )
+    check_request_schemas(body)  # a 400 naming the field, before anything relies on one
+    normalise_extensions(body)
     return request
 
 
@@ -200,3 +211,52 @@ def invalid_request(text: str) -> InvalidRequest:
     where = f" at '{param}'" if param else ""
     text = text.replace("Invalid value", "invalid value").replace("Expected", "expected")
     return InvalidRequest(f"invalid request{where}: {text}", param=param)
+
+
+# -- de-facto extensions (docs/json-mode.md) ------------------------------------------------------
+
+EXTENSION_SCHEMA_NAME = "response"
+
+
+def normalise_extensions(body: dict) -> None:
+    """Rewrite, in place, the JSON-schema extensions other servers accept into the one form the
+    pipeline reads, a `json_schema` response_format, so the local engine (grammar) and the
+    json_mode layer (validate and repair) honour them unchanged:
+
+    - `response_format: {"type": "json_object", "schema": S}` (llama.cpp server, instructor's
+      JSON_SCHEMA mode) becomes `{"type": "json_schema", "json_schema": {"name", "schema": S}}`;
+    - vLLM's `guided_json: S` (an object, or a string holding one) becomes the same, and leaves
+      the body (it may not be combined with a JSON `response_format`).
+
+    `guided_choice` and `guided_regex` are left as they are: remote OpenAI-compatible upstreams
+    get them untouched; the local engine refuses them (400 `unsupported_parameter`).
+    Call on a body that `validate_chat_request` has accepted.
+    """
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object" and "schema" in fmt:
+        schema = fmt["schema"]
+        body["response_format"] = (
+            _schema_format(schema) if schema is not None else {"type": "json_object"})
+    if body.get("guided_json") is None:
+        body.pop("guided_json", None)
+        return
+    schema = body.pop("guided_json")
+    if isinstance(schema, str):
+        try:
+            schema = orjson.loads(schema)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(
+                f"guided_json: not valid JSON ({exc})", param="guided_json") from None
+        if not isinstance(schema, dict):
+            raise InvalidRequest("guided_json: expected a JSON schema object", param="guided_json")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        raise InvalidRequest(
+            "guided_json and a JSON response_format were both given; send one of them",
+            param="guided_json",
+        )
+    body["response_format"] = _schema_format(schema)
+
+
+def _schema_format(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": EXTENSION_SCHEMA_NAME, "schema": schema}}

@@ -31,6 +31,10 @@ class Span:
         if self.duration_ms is None:
             self.duration_ms = (time.perf_counter() - self._t0) * 1000.0
             self._trace._depth -= 1
+            # Span -> trace -> spans is a reference cycle: left in place, every trace (with its
+            # request and response bodies) waits for the cyclic GC, whose full collections
+            # then stall the event loop for tens of ms under load. Refcounting frees it now.
+            self._trace = None
 
     def __enter__(self) -> Span:
         return self
@@ -93,3 +97,4 @@ class Trace:
         for span in self.spans:
             if span.duration_ms is None:  # a stream the client abandoned
                 span.duration_ms = (time.perf_counter() - span._t0) * 1000.0
+                span._trace = None  # the cycle, as in Span.end

@@ -12,6 +12,8 @@ The model name chooses the behaviour (a `fake/` prefix is accepted and ignored):
     flaky           fails with a 502 on odd calls (1st, 3rd, ...), echoes on even ones
     error-429       rate limited, with `Retry-After: 7`
     error-<status>  fails as an upstream answering <status> would (500, 503, 400, 401, ...)
+    context-<n>     echoes, with a context of <n> tokens: a longer prompt (or prompt +
+                    max_tokens) is a 400 `context_length_exceeded`, as on the local engine
 
 Tokens are whitespace-separated words, so usage is predictable. `max_tokens` (or
 `max_completion_tokens`) truncates the answer to that many words with finish_reason `length`.
@@ -29,6 +31,7 @@ from typing import AsyncIterator, ClassVar
 import orjson
 
 from keel.errors import InvalidRequest, KeelError, UpstreamError, UpstreamRateLimited
+from keel.messages import content_text, last_user_text
 from keel.providers import shapes
 from keel.providers.base import ProviderOptions
 
@@ -124,6 +127,9 @@ class FakeProvider:
             raise fake_error(behaviour[6:], self.options.retry_after)
         if behaviour.startswith("fixed:"):
             return _text_answer(behaviour[6:], body)
+        if behaviour.startswith("context-"):
+            _fit_context(body, int(_number(behaviour[8:], 4096)))
+            return _text_answer(_last_user_text(body), body)
         if behaviour == "flaky":
             self._calls[behaviour] += 1
             if self._calls[behaviour] % 2:
@@ -184,6 +190,22 @@ def fake_error(status: str, retry_after: str = "7", message: str | None = None) 
     return err
 
 
+def _fit_context(body: dict, n_ctx: int) -> None:
+    # The local engine's checks and wording (keel.providers.local), on whitespace tokens.
+    prompt = _prompt_tokens(body)
+    if prompt >= n_ctx:
+        raise InvalidRequest(
+            f"the messages take {prompt} tokens, more than the model's context of {n_ctx} "
+            "tokens leaves room for; shorten them",
+            param="messages", code="context_length_exceeded")
+    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    if requested is not None and prompt + requested > n_ctx:
+        raise InvalidRequest(
+            f"the messages take {prompt} tokens and max_tokens asks for {requested} more, "
+            f"beyond the model's context of {n_ctx} tokens; at most {n_ctx - prompt} fit",
+            param="max_tokens", code="context_length_exceeded")
+
+
 def _number(text: str, default: float) -> float:
     try:
         return float(text)
@@ -204,23 +226,12 @@ def _text_answer(text: str, body: dict, delay_s: float = 0.0) -> _Answer:
     return _Answer(text, delay_s=delay_s)
 
 
-def _text_of(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
 def _last_user_text(body: dict) -> str:
-    for msg in reversed(body.get("messages") or ()):
-        if msg.get("role") == "user":
-            return _text_of(msg.get("content"))
-    return ""
+    return last_user_text(body.get("messages"))
 
 
 def _prompt_tokens(body: dict) -> int:
-    return sum(len(_text_of(m.get("content")).split()) for m in body.get("messages") or ())
+    return sum(len(content_text(m.get("content")).split()) for m in body.get("messages") or ())
 
 
 def _json_text(body: dict) -> str:

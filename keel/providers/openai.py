@@ -8,6 +8,12 @@ the body to set `model`, one orjson encode, the POST, one orjson decode and the 
 `normalize_completion`. Streams are decoded as bytes arrive and each chunk is yielded at once;
 Keel always asks the upstream for the usage chunk so the trace can record tokens. How upstream
 failures map to Keel errors is in `openai_errors.py`.
+
+Every failure is a `KeelError` (502/429/504), never a raw aiohttp or decoding exception. What
+is read is bounded: a body by `max_response_bytes`, one stream event by `max_event_bytes`. A
+stream must end with `data: [DONE]`; one that ends before it (the connection closed cleanly
+mid-answer) is a 502 `upstream_stream_truncated`, so a cut-off answer is never passed on as a
+complete one.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ from pydantic import Field
 from keel.errors import UpstreamError, UpstreamTimeout
 from keel.providers.base import ProviderOptions
 from keel.providers.openai_errors import http_error, stream_error
-from keel.providers.openai_sse import SSEDecoder
+from keel.providers.openai_sse import EventTooLarge, SSEDecoder
 from keel.providers.shapes import normalize_chunk, normalize_completion
 from keel.providers.upstream import (
     UpstreamOptions,
     base_headers,
     open_session,
+    read_body,
     timeout_error,
+    too_large,
 )
 
 
@@ -70,7 +78,7 @@ class OpenAIProvider:
         payload = orjson.dumps(request)
         resp = await self._post(payload)
         try:
-            raw = await resp.read()
+            raw = await read_body(resp, self.options, self._who)
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except aiohttp.ClientError as exc:
@@ -83,9 +91,12 @@ class OpenAIProvider:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise self._not_json(raw) from None
-        if not isinstance(data, dict) or "choices" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise self._not_json(raw)
-        return normalize_completion(data)
+        try:
+            return normalize_completion(data)
+        except (AttributeError, KeyError, TypeError, ValueError):  # e.g. a choice not an object
+            raise self._not_json(raw) from None
 
     async def stream(self, body: dict, model: str) -> AsyncIterator[dict]:
         stream_options = body.get("stream_options")
@@ -96,19 +107,29 @@ class OpenAIProvider:
         resp = await self._post(payload)
         try:
             if resp.status >= 400:
-                raw = await resp.read()
+                raw = await read_body(resp, self.options, self._who)
                 raise http_error(self.name, self.base_url, resp.status, raw, resp.headers)
             if resp.content_type == "application/json":
-                raise self._not_sse(await resp.read())
-            decoder = SSEDecoder()
+                raise self._not_sse(await read_body(resp, self.options, self._who))
+            decoder = SSEDecoder(self.options.max_event_bytes)
+            chunks = 0
             async for piece in resp.content.iter_any():
                 for data in decoder.feed(piece):
                     if data == b"[DONE]":
                         return
+                    chunks += 1
                     yield self._chunk(data)
             for data in decoder.flush():
-                if data != b"[DONE]":
-                    yield self._chunk(data)
+                if data == b"[DONE]":
+                    return
+                chunks += 1
+                yield self._chunk(data)
+            raise self._truncated(chunks)
+        except EventTooLarge as exc:
+            resp.close()
+            raise too_large(
+                self._who, exc.limit, "max_event_bytes", "a stream event"
+            ) from None
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except aiohttp.ClientError as exc:
@@ -151,7 +172,10 @@ class OpenAIProvider:
             raise self._not_json(data)
         if "error" in chunk:
             raise stream_error(self.name, self.base_url, chunk)
-        return normalize_chunk(chunk)
+        try:
+            return normalize_chunk(chunk)
+        except (AttributeError, KeyError, TypeError, ValueError):  # e.g. a choice not an object
+            raise self._not_json(data) from None
 
     def _headers(self) -> dict[str, str]:
         opts = self.options
@@ -160,8 +184,19 @@ class OpenAIProvider:
             headers["OpenAI-Organization"] = opts.organization
         return headers
 
+    @property
+    def _who(self) -> str:
+        return f"provider {self.name!r} at {self.base_url}"
+
     def _timeout(self, exc: BaseException) -> UpstreamTimeout:
-        return timeout_error(exc, self.options, f"provider {self.name!r} at {self.base_url}")
+        return timeout_error(exc, self.options, self._who)
+
+    def _truncated(self, chunks: int) -> UpstreamError:
+        return UpstreamError(
+            f"{self._who} ended the stream after {chunks} chunks without `data: [DONE]`: "
+            "the answer is incomplete",
+            code="upstream_stream_truncated",
+        )
 
     def _broken(self, exc: BaseException) -> UpstreamError:
         return UpstreamError(

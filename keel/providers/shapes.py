@@ -4,6 +4,9 @@ What they build validates against the official OpenAI schema (`CreateChatComplet
 `CreateChatCompletionStreamResponse`): the fields strict clients require are always present
 (`message.refusal`, `choices[].logprobs`, `finish_reason`, `object`, `created`).
 
+Every provider builds its answers here (the local engine through `local/response.py`), and
+every layer that sums token counts over several calls uses `add_usage`.
+
 `normalize_completion` and `normalize_chunk` fill those same fields into an upstream's answer in
 place. Many OpenAI-compatible servers (vLLM, Ollama, llama.cpp) leave some out; they run on the
 hot path, so they only touch what is missing and never copy.
@@ -28,6 +31,14 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def add_usage(total: dict, more: dict | None) -> dict:
+    """Add `more`'s token counts into `total` in place (a round of a multi-call request)."""
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        if more and isinstance(more.get(key), int):
+            total[key] = total.get(key, 0) + more[key]
+    return total
 
 
 def message(content: str | None, tool_calls: list[dict] | None = None) -> dict:

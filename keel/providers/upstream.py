@@ -1,6 +1,10 @@
-"""What every client of an OpenAI-compatible HTTP API shares: its options, session and timeouts.
+"""What every client of an OpenAI-compatible HTTP API shares: its options, session, timeouts and
+the caps on what it reads.
 
-Used by the `openai` chat provider and the `openai` embedder alike.
+Used by the `openai` chat provider and the `openai` embedder alike. An upstream's answer is read
+with `read_body`, never `resp.read()`: a body over `max_response_bytes` (its Content-Length, or
+the bytes as they arrive when there is none) stops the read, closes the connection and becomes
+a 502 `upstream_response_too_large`, so one bad upstream cannot take Keel's memory with it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keel import __version__
-from keel.errors import UpstreamTimeout
+from keel.errors import UpstreamError, UpstreamTimeout
+
+MiB = 1024 * 1024
 
 
 class UpstreamOptions(BaseModel):
@@ -24,6 +30,12 @@ class UpstreamOptions(BaseModel):
     # Below the 5 s idle timeout of uvicorn (vLLM) so Keel drops an idle connection before the
     # upstream does, rather than sending a request into one being closed.
     keepalive_timeout: float = Field(4.0, gt=0)
+    max_response_bytes: int = Field(
+        32 * MiB, gt=0, description="largest upstream response body Keel reads (not streams)"
+    )
+    max_event_bytes: int = Field(
+        4 * MiB, gt=0, description="largest single server-sent event in an upstream stream"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -66,3 +78,42 @@ def timeout_error(exc: BaseException, options: UpstreamOptions, who: str) -> Ups
     else:
         phase, limit = "waiting for", options.read_timeout
     return UpstreamTimeout(f"timed out after {limit:g} s {phase} {who}")
+
+
+async def read_body(resp: aiohttp.ClientResponse, options: UpstreamOptions, who: str) -> bytes:
+    """The whole body of `resp`, refusing one larger than `options.max_response_bytes`.
+
+    Timeouts and broken connections propagate as aiohttp raises them; the caller maps them."""
+    limit = options.max_response_bytes
+    length = resp.content_length
+    if length is not None and length > limit:
+        resp.close()
+        raise too_large(who, limit, "max_response_bytes", f"a {length}-byte response")
+    pieces: list[bytes] = []
+    size = 0
+    content = resp.content
+    while piece := await content.readany():
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            resp.close()
+            raise too_large(who, limit, "max_response_bytes", "a response")
+    # Usually one piece (a small answer): no copy at all.
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def too_large(who: str, limit: int, setting: str, what: str) -> UpstreamError:
+    """The error for an upstream answer (or one stream event) over the cap named `setting`."""
+    return UpstreamError(
+        f"{who} sent {what} larger than {_size(limit)}, the provider's {setting}; "
+        f"raise {setting} in keel.yaml if answers this large are expected",
+        code="upstream_response_too_large",
+    )
+
+
+def _size(n: int) -> str:
+    if n % MiB == 0:
+        return f"{n // MiB} MiB"
+    if n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} bytes"

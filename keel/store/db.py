@@ -130,10 +130,22 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
+        options = conn.get_execution_options()
+        # A caller with its own retry (the trace writer) waits less for a lock than the
+        # default; the connection gets the default back when it returns to the pool.
+        busy_ms = options.get("sqlite_busy_timeout_ms")
+        if busy_ms is not None:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            conn.info["keel_busy_timeout_changed"] = True
         # IMMEDIATE takes the write lock up front: two processes migrating at once then queue
         # on busy_timeout instead of one failing with "database is locked" on its first write.
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        immediate = options.get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn, record) -> None:
+        if record.info.pop("keel_busy_timeout_changed", False) and dbapi_conn is not None:
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
 
     return engine
 

@@ -13,7 +13,7 @@ from keel.gateway import Gateway
 
 def fake_config(tmp_path, **overrides) -> KeelConfig:
     names = ["echo", "json", "bad-json", "bad-json-once", "error-429", "error-500", "tool-call",
-             "slow-100"]
+             "slow-100", "slow-1000"]
     return KeelConfig(
         state_dir=tmp_path,
         providers={"fake": ProviderConfig(kind="fake")},

@@ -130,3 +130,53 @@ def test_last_user_text_reads_content_parts():
     messages = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
                 {"role": "user", "content": [{"type": "text", "text": "second"}]}]
     assert last_user_text(messages) == "second"
+
+
+class Billed(Recorder):
+    """The model, reporting its usage as a provider does (a usage chunk ends a stream)."""
+
+    USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+
+    async def __call__(self, ctx, next):
+        result = await super().__call__(ctx, next)
+        if ctx.stream:
+            return self._billed_stream(result)
+        return {**result, "usage": dict(self.USAGE)}
+
+    async def _billed_stream(self, chunks):
+        async for chunk in chunks:
+            yield chunk
+        yield {"choices": [], "usage": dict(self.USAGE)}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_query_rewriting_is_a_span_and_its_tokens_are_counted(tmp_path, stream):
+    config = KeelConfig(
+        state_dir=tmp_path, providers={"f": ProviderConfig(kind="fake")},
+        embedders={"words": EmbedderConfig(kind="fake")},
+        models={"bot": ModelConfig(provider="f", model="echo",
+                                   knowledge={"collection": "faq", "rewrite_query": True})},
+    )
+    gw = Gateway(config)
+    await knowledge_base(gw.runtime).add_documents("faq", DOCS, embedder="words")
+    from keel.pipeline.assemble import build_chain
+
+    knowledge = next(layer for layer in gw.layers if layer.name == "knowledge")
+    chain = build_chain([knowledge, Billed()])
+    body = {"model": "bot", "stream": stream, "messages": [
+        {"role": "user", "content": "I have an account."},
+        {"role": "assistant", "content": "How can I help?"},
+        {"role": "user", "content": "How do I delete it?"}]}
+    ctx = gw.context_for(body, Trace())
+    try:
+        result = await chain(ctx)
+        if stream:
+            usage = [c async for c in result][-1]["usage"]
+        else:
+            usage = result["usage"]
+    finally:
+        await gw.runtime.aclose()
+    span = next(s for s in ctx.trace.spans if s.name == "knowledge.rewrite")
+    spent = span.attrs["usage"]
+    assert spent["prompt_tokens"] > 0 and span.duration_ms is not None
+    assert usage == {key: Billed.USAGE[key] + spent[key] for key in Billed.USAGE}

@@ -203,3 +203,59 @@ def test_submit_after_close_is_dropped_and_counted(store):
     recorder.close()
     recorder.submit(make_trace())
     assert recorder.stats() == {"written": 0, "dropped": 1, "pending": 0, "errors": 0}
+
+
+def _lock_sqlite(store):
+    """Another connection holding the SQLite file's write lock (the store is 'away')."""
+    import sqlite3
+
+    from keel.store.db import sqlite_path
+
+    lock = sqlite3.connect(sqlite_path(store.engine.url), isolation_level=None,
+                           check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    return lock
+
+
+def test_an_outage_keeps_the_batch_and_writes_it_when_the_store_is_back(tmp_path, caplog):
+    from keel.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'keel.db'}")
+    recorder = TraceRecorder(store, tracing()).start()
+    lock = _lock_sqlite(store)
+    with caplog.at_level(logging.INFO, logger="keel.ops.traces"):
+        for i in range(5):
+            recorder.submit(make_trace(i))
+        deadline = time.monotonic() + 30
+        while recorder.status()["store_reachable"]:
+            assert time.monotonic() < deadline, recorder.status()
+            time.sleep(0.05)
+        status = recorder.status()
+        assert status["pending"] == 5 and "locked" in status["last_error"], status
+        lock.execute("COMMIT")
+        assert recorder.flush(30)
+    recorder.close()
+    assert count_rows(store) == 5 and recorder.stats()["errors"] == 0
+    assert recorder.status()["store_reachable"] is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "unreachable" in warnings[0] and "again" in warnings[1]
+    # The writer's short lock wait did not stay on the pool's connection for others.
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    store.close()
+
+
+def test_close_during_an_outage_counts_what_it_cannot_write_and_returns(tmp_path, caplog):
+    from keel.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'keel.db'}")
+    recorder = TraceRecorder(store, tracing()).start()
+    lock = _lock_sqlite(store)
+    for i in range(3):
+        recorder.submit(make_trace(i))
+    with caplog.at_level(logging.ERROR, logger="keel.ops.traces"):
+        recorder.close(timeout=30)  # does not wait for the store for ever
+    lock.execute("COMMIT")
+    assert recorder.stats() == {"written": 0, "dropped": 0, "pending": 0, "errors": 3}
+    assert any("they are lost" in r.getMessage() for r in caplog.records)
+    store.close()

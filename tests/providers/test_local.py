@@ -192,6 +192,20 @@ async def test_json_closed_early_to_fit_says_length(provider):
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
 
 
+async def test_tool_call_closed_early_to_fit_says_length(provider):
+    def body(max_tokens):
+        return ask("Weather in Oslo?", tools=[_WEATHER], tool_choice="required", max_tokens=max_tokens, seed=3)
+
+    roomy = (await provider.chat(body(80), MODEL))["choices"][0]
+    assert roomy["finish_reason"] == "tool_calls"
+    assert json.loads(roomy["message"]["tool_calls"][0]["function"]["arguments"])["city"]
+    # At 40 tokens closing mode empties the city to fit: the call comes back, marked as cut.
+    tight = (await provider.chat(body(40), MODEL))["choices"][0]
+    assert tight["message"]["tool_calls"] and tight["finish_reason"] == "length"
+    chunks = [c async for c in provider.stream({**body(40), "stream": True}, MODEL)]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
 _WEATHER = {
     "type": "function",
     "function": {
@@ -209,7 +223,7 @@ _TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"ty
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 async def test_forced_tool_call(provider, choice):
-    body = ask("What is the weather in Paris?", tools=[_WEATHER, _TIME], tool_choice=choice, max_tokens=40, seed=3)
+    body = ask("What is the weather in Paris?", tools=[_WEATHER, _TIME], tool_choice=choice, max_tokens=80, seed=3)
     response = await provider.chat(body, MODEL)
     assert_valid("CreateChatCompletionResponse", response)
     choice0 = response["choices"][0]
@@ -224,7 +238,7 @@ async def test_forced_tool_call(provider, choice):
 
 
 async def test_forced_tool_call_streams_whole(provider):
-    body = ask("Weather in Oslo?", tools=[_WEATHER], tool_choice="required", max_tokens=40, seed=3, stream=True)
+    body = ask("Weather in Oslo?", tools=[_WEATHER], tool_choice="required", max_tokens=80, seed=3, stream=True)
     chunks = [c async for c in provider.stream(body, MODEL)]
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)

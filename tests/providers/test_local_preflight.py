@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from keel.errors import ConfigError
-from keel.providers.local_preflight import check_engine_runs
+from keel.providers.local.preflight import check_engine_runs
 
 SEGFAULT = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
 ILLEGAL = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
@@ -55,7 +55,7 @@ def test_a_python_error_in_the_probe_is_left_to_the_real_load(build):
 
 @pytest.mark.model
 def test_the_installed_engine_passes(tmp_path):
-    from keel.providers.local_model import default_model_path
+    from keel.providers.local.model import default_model_path
 
     check_engine_runs(default_model_path(), cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 1

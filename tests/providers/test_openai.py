@@ -20,7 +20,7 @@ from keel.errors import (
 )
 from keel.providers.fake_server import serve_fake_upstream
 from keel.providers.openai import OpenAIOptions, OpenAIProvider
-from keel.providers.openai_sse import SSEDecoder
+from keel.providers.openai_sse import EventTooLarge, SSEDecoder
 from tests.openai_schema import assert_valid
 
 USER = [{"role": "user", "content": "the quick brown fox"}]
@@ -388,3 +388,175 @@ async def test_upstream_model_not_found_is_keels_config_not_the_clients():
         await provider.aclose()
     assert info.value.status == 502 and info.value.code == "upstream_model_not_found"
     assert "keel.yaml" in info.value.message and "gpt-9" in info.value.message
+
+
+# -- caps on what is read (defect 6) --------------------------------------------------------------
+
+
+def _big_json(size: int) -> bytes:
+    return orjson.dumps({"choices": [{"message": {"content": "x" * size}}]})
+
+
+def _chunked_json(raw: bytes):
+    """The body in pieces, without a Content-Length: the cap must hold as bytes arrive."""
+    async def handler(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(raw), 65536):
+            await resp.write(raw[i:i + 65536])
+        await resp.write_eof()
+        return resp
+    return handler
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_response_over_max_response_bytes_is_a_502_naming_the_setting(framing):
+    raw = _big_json(300_000)
+    handler = _json(raw) if framing == "content-length" else _chunked_json(raw)
+    async with OddUpstream(handler) as url:
+        provider = await _provider(url, max_response_bytes=256 * 1024)
+        with pytest.raises(UpstreamError) as info:
+            await provider.chat(BODY, "m")
+        # Under the cap, the same provider still answers.
+        async with OddUpstream(_json(_big_json(100_000))) as small_url:
+            small = await _provider(small_url, max_response_bytes=256 * 1024)
+            answer = await small.chat(BODY, "m")
+            assert len(answer["choices"][0]["message"]["content"]) == 100_000
+            await small.aclose()
+        await provider.aclose()
+    assert info.value.status == 502 and info.value.code == "upstream_response_too_large"
+    assert "256 KiB" in info.value.message and "max_response_bytes" in info.value.message
+
+
+async def test_an_error_body_over_the_cap_is_refused_too():
+    async with OddUpstream(_json(b"x" * 300_000, 500)) as url:
+        provider = await _provider(url, max_response_bytes=256 * 1024)
+        for call in (provider.chat(BODY, "m"), _collect(provider, {**BODY, "stream": True}, "m")):
+            with pytest.raises(UpstreamError) as info:
+                await call
+            assert info.value.code == "upstream_response_too_large"
+        await provider.aclose()
+
+
+async def test_a_stream_event_over_max_event_bytes_is_a_502_naming_the_setting():
+    big = orjson.dumps({"id": "c", "model": "m",
+                        "choices": [{"delta": {"content": "x" * 200_000}}]})
+    small = b'data: {"id": "c", "model": "m", "choices": [{"delta": {"content": "a"}}]}\n\n'
+    raw = small + b"data: " + big + b"\n\ndata: [DONE]\n\n"
+    async with OddUpstream(_sse(raw)) as url:
+        provider = await _provider(url, max_event_bytes=128 * 1024)
+        seen = []
+        with pytest.raises(UpstreamError) as info:
+            async for chunk in provider.stream({**BODY, "stream": True}, "m"):
+                seen.append(chunk)
+        await provider.aclose()
+        roomy = await _provider(url, max_event_bytes=256 * 1024)
+        assert len(await _collect(roomy, {**BODY, "stream": True}, "m")) == 2
+        await roomy.aclose()
+    assert len(seen) == 1
+    assert info.value.status == 502 and info.value.code == "upstream_response_too_large"
+    assert "128 KiB" in info.value.message and "max_event_bytes" in info.value.message
+
+
+async def test_a_stream_that_ends_without_done_is_a_502_not_a_complete_answer():
+    raw = (b'data: {"id": "c", "model": "m", "choices": [{"delta": {"content": "a"}}]}\n\n'
+           b'data: {"id": "c", "model": "m", "choices": [{"delta": {"content": "b"}}]}\n\n')
+    async with OddUpstream(_sse(raw)) as url:
+        provider = await _provider(url)
+        seen = []
+        with pytest.raises(UpstreamError) as info:
+            async for chunk in provider.stream({**BODY, "stream": True}, "m"):
+                seen.append(chunk)
+        await provider.aclose()
+    assert len(seen) == 2
+    assert info.value.status == 502 and info.value.code == "upstream_stream_truncated"
+    assert "[DONE]" in info.value.message
+
+
+async def test_done_without_its_blank_line_still_ends_the_stream_cleanly():
+    raw = (b'data: {"id": "c", "model": "m", "choices": [{"delta": {"content": "a"}}]}\n\n'
+           b"data: [DONE]")
+    async with OddUpstream(_sse(raw)) as url:
+        provider = await _provider(url)
+        assert len(await _collect(provider, {**BODY, "stream": True}, "m")) == 1
+        await provider.aclose()
+
+
+async def test_chunks_that_are_json_but_not_objects_of_choices_are_a_502():
+    async with OddUpstream(_json({"choices": ["not an object"]})) as url:
+        provider = await _provider(url)
+        with pytest.raises(UpstreamError):
+            await provider.chat(BODY, "m")
+        await provider.aclose()
+    async with OddUpstream(_sse(b'data: {"choices": [7]}\n\ndata: [DONE]\n\n')) as url:
+        provider = await _provider(url)
+        with pytest.raises(UpstreamError):
+            await _collect(provider, {**BODY, "stream": True}, "m")
+        await provider.aclose()
+
+
+def test_caps_have_documented_defaults_and_are_validated():
+    options = OpenAIOptions(base_url="http://h/v1")
+    assert options.max_response_bytes == 32 * 1024 * 1024
+    assert options.max_event_bytes == 4 * 1024 * 1024
+    with pytest.raises(ValidationError):
+        OpenAIOptions(base_url="http://h/v1", max_event_bytes=0)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_sse_decoder_caps_one_event_not_the_stream(step):
+    event = b"data: " + b"x" * 1000 + b"\n\n"
+    decoder = SSEDecoder(max_event_bytes=1024)
+    raw = event * 50  # 50 KB in all, each event under the cap
+    events = []
+    for i in range(0, len(raw), step):
+        events += decoder.feed(raw[i:i + step])
+    assert len(events) == 50
+    # One event of two 600-byte data lines: each line is under the cap, the event is not.
+    with pytest.raises(EventTooLarge):
+        for piece in (b"data: " + b"y" * 600 + b"\n", b"data: " + b"y" * 600 + b"\n"):
+            decoder.feed(piece)
+    # A line still arriving counts too: no need to wait for its end.
+    with pytest.raises(EventTooLarge):
+        SSEDecoder(max_event_bytes=1024).feed(b": a comment that never ends " + b"z" * 2000)
+
+
+def test_sse_decoder_is_linear_in_a_large_event_split_small():
+    # 8 MiB in 1 KiB pieces: re-concatenating the buffer per piece copies ~32 GiB (tens of
+    # seconds); decoding incrementally copies each byte a few times (well under a second).
+    payload = b"x" * (8 * 1024 * 1024)
+    raw = b"data: " + payload + b"\n\n"
+    decoder = SSEDecoder()
+    started = time.perf_counter()
+    events = []
+    for i in range(0, len(raw), 1024):
+        events += decoder.feed(raw[i:i + 1024])
+    elapsed = time.perf_counter() - started
+    assert events == [payload]
+    assert elapsed < 5.0, f"{elapsed:.1f} s: the decoder copies its buffer per piece"
+
+
+async def test_the_openai_embedder_caps_its_responses_too():
+    from keel.embeddings.openai import OpenAIEmbedder, OpenAIEmbedderOptions
+
+    async def embeddings(request):
+        vector = [0.5] * 40_000  # ~160 KB of JSON for one input
+        body = {"data": [{"index": 0, "embedding": vector}], "usage": {"prompt_tokens": 1}}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("/v1"))
+        embedder = OpenAIEmbedder("emb", OpenAIEmbedderOptions(
+            base_url=url, model="m", dim=40_000, max_response_bytes=64 * 1024))
+        with pytest.raises(UpstreamError) as info:
+            await embedder.embed(["hello"])
+        await embedder.aclose()
+    finally:
+        await server.close()
+    assert info.value.code == "upstream_response_too_large"
+    assert "max_response_bytes" in info.value.message and "'emb'" in info.value.message

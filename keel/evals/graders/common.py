@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from keel.errors import KeelError
 from keel.evals.base import Grade, GraderOptions, Judge, Output, Sample
+from keel.messages import content_text  # noqa: F401  (graders import it from here)
 
 ERROR = "__error__"
 INVALID = "__invalid__"
@@ -67,15 +68,6 @@ def no_ideal() -> Grade:
 
 
 # -- text --------------------------------------------------------------------------------------
-
-
-def content_text(content: Any) -> str:
-    """A message's content as text (the parts of a multi-part content joined)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
 
 
 def transcript(messages: list[dict]) -> str:

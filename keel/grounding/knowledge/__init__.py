@@ -8,12 +8,14 @@ Modules, in the order data flows:
 
     parsers.py    file → documents, each a list of sections (heading path or page + text)
     chunking.py   sections → chunks within a token budget, with overlap, never mid-word
-    ingest.py     files and folders → parsed documents, with content hashes for incremental runs
+    files.py      files and folders → parsed documents, with content hashes for incremental runs
     records.py    the SQL: collections, documents, chunks, and each collection's version
     fulltext.py   SQLite FTS5 (bm25) or PostgreSQL full-text (ts_rank_cd)
     vectors.py    the VectorIndex protocol and the exact numpy index, cached per version
     ann.py        the optional approximate index (usearch HNSW) and the choice of index
-    fusion.py     reciprocal rank fusion of ranked lists
+    fusion.py     convex (default) and reciprocal rank fusion of ranked lists
+    search.py     searching: both rankings and their fusion, from a query to hits
+    ingest.py     writing: ingest, add, remove and drop, safe under concurrent writers
     knowledge.py  the `KnowledgeBase` facade that the grounding layer, CLI and HTTP API call
 
 Every collection records the embedder it was built with (name, fingerprint, dimension); a

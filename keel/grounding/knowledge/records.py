@@ -4,6 +4,12 @@ All functions are synchronous and take an open SQLAlchemy connection; the facade
 a worker thread. A collection's `version` is a hash over its (document id, content hash) pairs
 and its embedder's fingerprint, so it changes exactly when what a search can return changes,
 and re-ingesting identical content gives back the same version.
+
+Concurrent writers (two HTTP posts, two `keel ingest` processes) are safe on both databases:
+a collection is created with INSERT … ON CONFLICT DO NOTHING, a document is upserted on its
+(collection, id) key, and every write transaction first locks its collection's row
+(`lock_collection`; SQLite's write lock does this for the whole file), so writers to one
+collection take turns and the version each one computes covers what the others committed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from keel.errors import InvalidRequest
@@ -65,17 +72,34 @@ def require_collection(conn: Connection, name: str) -> CollectionInfo:
     return info
 
 
-def create_collection(
+def ensure_collection(
     conn: Connection, name: str, embedder: str, fingerprint: str, dim: int
 ) -> CollectionInfo:
+    """The collection, created with this embedder unless it exists (perhaps made a moment ago
+    by a concurrent writer: then its own embedder is returned, for the caller to check)."""
     now = time.time()
-    version = _version_hash([], fingerprint)
-    pk = conn.execute(
-        collections.insert().returning(collections.c.id),
+    conn.execute(
+        _insert(conn).on_conflict_do_nothing(index_elements=["name"]),
         {"name": name, "embedder": embedder, "fingerprint": fingerprint, "dim": dim,
-         "version": version, "created_at": now, "updated_at": now},
-    ).scalar_one()
-    return CollectionInfo(pk, name, embedder, fingerprint, dim, version)
+         "version": _version_hash([], fingerprint), "created_at": now, "updated_at": now},
+    )
+    return require_collection(conn, name)
+
+
+def lock_collection(conn: Connection, collection_id: int) -> None:
+    """Take the collection's row lock for the rest of the transaction (PostgreSQL; SQLite's
+    write transaction already excludes every other writer)."""
+    query = sa.select(collections.c.id).where(collections.c.id == collection_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    if conn.execute(query).first() is None:
+        raise CollectionNotFound("the knowledge collection was dropped while being written",
+                                 param="collection")
+
+
+def _insert(conn: Connection, table: sa.Table = collections):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 def rebind_embedder(conn: Connection, info: CollectionInfo, embedder: str, fingerprint: str,
@@ -161,18 +185,20 @@ def delete_documents(conn: Connection, collection_id: int, pks: list[int] | None
 
 def write_document(
     conn: Connection, collection_id: int, doc: Document, content_hash: str,
-    doc_chunks: list[Chunk], vectors: np.ndarray, replace_pk: int | None,
+    doc_chunks: list[Chunk], vectors: np.ndarray,
 ) -> None:
-    """Insert a document and its chunks, replacing the stored one with the same id."""
-    if replace_pk is not None:
-        delete_documents(conn, collection_id, [replace_pk])
+    """Insert a document and its chunks, replacing the stored one with the same id (upserted
+    on its key, so a concurrent writer of the same id cannot make this fail)."""
+    values = {"source": doc.source, "title": doc.title, "path": doc.path,
+              "file_hash": doc.file_hash, "content_hash": content_hash,
+              "metadata": doc.metadata or None, "updated_at": time.time()}
+    insert = _insert(conn, documents).values(collection_id=collection_id, doc_id=doc.id, **values)
     pk = conn.execute(
-        documents.insert().returning(documents.c.id),
-        {"collection_id": collection_id, "doc_id": doc.id, "source": doc.source,
-         "title": doc.title, "path": doc.path, "file_hash": doc.file_hash,
-         "content_hash": content_hash, "metadata": doc.metadata or None,
-         "updated_at": time.time()},
+        insert.on_conflict_do_update(index_elements=["collection_id", "doc_id"], set_=values)
+        .returning(documents.c.id)
     ).scalar_one()
+    # Chunks explicitly, so SQLite's FTS triggers see every deleted row.
+    conn.execute(chunks.delete().where(chunks.c.document_id == pk))
     if doc_chunks:
         blobs = np.ascontiguousarray(vectors, dtype="<f4")
         conn.execute(chunks.insert(), [

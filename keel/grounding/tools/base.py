@@ -9,6 +9,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict
 
+from keel.errors import KeelError
+
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -18,9 +20,14 @@ class ToolOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ToolError(Exception):
-    """A failure meant for the model (bad arguments, an HTTP 404, a timeout): it becomes the
-    tool's result, so the model can correct itself or explain, and the request goes on."""
+class ToolError(KeelError):
+    """A failure meant for the model (bad arguments, an HTTP 404, a timeout, a busy pool): it
+    becomes the tool's result, so the model can correct itself or explain, and the request goes
+    on. Should one escape to the edge (a tool used outside the loop), it is a 502."""
+
+    status = 502
+    type = "tool_error"
+    code = "tool_error"
 
 
 class Tool(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 
 import orjson
@@ -69,7 +70,10 @@ class Toolbox:
             except ToolError as exc:
                 error = str(exc)
             except Exception as exc:  # a bug in the tool must not fail the request
-                log.exception("tool %s failed", name)
+                # The stack and the type, not the message: it may quote the arguments, and
+                # logs must hold what `record_bodies: false` promises. The trace has it.
+                log.error("tool %s failed with %s (trace %s):\n%s", name, type(exc).__name__,
+                          trace.id, "".join(traceback.format_tb(exc.__traceback__)))
                 error = f"the tool failed: {type(exc).__name__}: {exc}"
             duration_ms = (time.perf_counter() - t0) * 1000.0
             if error is not None:

@@ -3,18 +3,29 @@
 The URL may hold `{param}` placeholders. Each is filled with its argument percent-encoded as a
 whole (`/`, `?`, `#`, `@` and `:` included), so a value can add to a path segment but never
 change the host, the port or the path's structure; `.` and `..` alone are refused. The rest of the
-arguments go in the query string (GET, DELETE) or as a JSON body (POST, PUT, PATCH). The host of
-the final URL is checked against `allowed_hosts` at every call, and redirects are not followed
+arguments go in the query string (GET, DELETE) or as a JSON body (POST, PUT, PATCH). The host and
+port of the final URL are checked against `allowed_hosts` at every call (a bare `host` entry
+allows the default ports, 80 and 443; `host:port` that port), and redirects are not followed
 (a redirect could lead anywhere), so the model cannot make Keel reach an address of its choosing.
+
+When the host itself comes from an argument, a name is resolved and refused if any of its
+addresses is not a public one (private, loopback, link-local — cloud metadata services such
+as 169.254.169.254 and fd00:ec2::254 —, shared, reserved), and the connection goes only to the
+addresses checked, so a DNS record cannot point an allowed name inside the network. An IP
+address written in `allowed_hosts`, and a host written in the URL itself, are trusted as
+written. The response body is read up to `max_response_bytes`; a longer one is a tool error.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 import orjson
 from pydantic import Field, field_validator, model_validator
 from yarl import URL
@@ -29,6 +40,8 @@ from keel.grounding.tools.base import (
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _SNIPPET = 500
+_DEFAULT_PORTS = (80, 443)
+_READ_CHUNK = 64 * 1024
 
 
 class HTTPOptions(ToolOptions):
@@ -42,8 +55,10 @@ class HTTPOptions(ToolOptions):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(10.0, gt=0)
     allowed_hosts: list[str] | None = Field(
-        None, description="host or host:port the final URL may reach; default: the URL's own"
+        None, description="host (ports 80 and 443) or host:port the final URL may reach; "
+        "default: the URL's own host and port"
     )
+    max_response_bytes: int = Field(1_000_000, ge=1, description="a longer body is a tool error")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -62,19 +77,29 @@ class HTTPOptions(ToolOptions):
     def _url(self) -> HTTPOptions:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
-        authority = self.url.split("://", 1)[1].split("/", 1)[0]
-        if _PLACEHOLDER.search(authority) and not self.allowed_hosts:
+        if self.templated_host() and not self.allowed_hosts:
             raise ValueError(
                 "url has a placeholder in its host: list the hosts it may reach in allowed_hosts"
             )
         return self
 
     def allowed(self) -> set[str]:
-        """`host` or `host:port` entries, lower-cased; default: the URL's own host:port."""
-        if self.allowed_hosts:
-            return {h.lower().strip() for h in self.allowed_hosts}
-        url = URL(self.url)
-        return {f"{url.host}:{url.port}".lower()}
+        """`host:port` pairs, lower-cased; a bare host stands for ports 80 and 443; default:
+        the URL's own host:port."""
+        if not self.allowed_hosts:
+            url = URL(self.url)
+            return {f"{url.host}:{url.port}".lower()}
+        pairs = set()
+        for entry in self.allowed_hosts:
+            parsed = URL(f"http://{entry.strip()}")
+            host = (parsed.host or "").lower()
+            ports = (parsed.explicit_port,) if parsed.explicit_port else _DEFAULT_PORTS
+            pairs.update(f"{host}:{port}" for port in ports)
+        return pairs
+
+    def templated_host(self) -> bool:
+        authority = self.url.split("://", 1)[1].split("/", 1)[0]
+        return bool(_PLACEHOLDER.search(authority))
 
 
 class HTTPTool:
@@ -93,7 +118,11 @@ class HTTPTool:
     async def start(self) -> None:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout, headers=self.options.headers)
+            # A host from an argument connects only to public addresses, the ones checked.
+            resolver = PublicResolver() if self.options.templated_host() else None
+            connector = aiohttp.TCPConnector(resolver=resolver)
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=self.options.headers,
+                                                  connector=connector)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -117,19 +146,73 @@ class HTTPTool:
             url = url.extend_query(query_params(rest))
         try:
             async with self._session.request(self.options.method, url, **kwargs) as response:
-                text = await response.text(errors="replace")
+                text = await read_capped(response, self.options.max_response_bytes, url.host)
                 if not 200 <= response.status < 300:
                     raise ToolError(f"HTTP {response.status} from {url.host}: {text[:_SNIPPET]}")
                 return text
         except TimeoutError:
-            raise ToolError(f"no answer from {url.host} within {self.options.timeout_s:g} s") from None
+            raise ToolError(
+                f"no answer from {url.host} within {self.options.timeout_s:g} s") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddress):
+                raise ToolError(f"refused: {exc.os_error}") from None
+            raise ToolError(f"could not reach {url.host}: {exc}") from None
         except aiohttp.ClientError as exc:
             raise ToolError(f"could not reach {url.host}: {exc}") from None
 
     def check_host(self, url: URL) -> None:
         host = (url.host or "").lower()
-        if host not in self._allowed and f"{host}:{url.port}" not in self._allowed:
-            raise ToolError(f"refused: host {host!r} is not in this tool's allowed_hosts")
+        if f"{host}:{url.port}" not in self._allowed:
+            raise ToolError(f"refused: {host}:{url.port} is not in this tool's allowed_hosts")
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, host: str | None) -> str:
+    """The body as text, refused past `limit` bytes (by its Content-Length, or as it arrives)."""
+    too_long = ToolError(f"the response from {host} is over {limit} bytes "
+                         f"(the tool's max_response_bytes)")
+    if response.content_length is not None and response.content_length > limit:
+        raise too_long
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise too_long
+    try:
+        return body.decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", errors="replace")
+
+
+class PrivateAddress(OSError):
+    """A name from an argument resolved to an address inside the network."""
+
+
+def public_address(address: str) -> bool:
+    """Whether an IP address is a public one, not private, loopback, link-local (cloud
+    metadata), shared, reserved or multicast; an IPv4-mapped IPv6 address by its IPv4."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves as aiohttp does, then refuses a name with any address that is not public."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[dict[str, Any]]:
+        found = await self._inner.resolve(host, port, family)
+        inside = sorted({a["host"] for a in found if not public_address(a["host"])})
+        if inside:
+            raise PrivateAddress(f"{host} resolves to an address inside the network "
+                                 f"({', '.join(inside)})")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def fill_url(template: str, arguments: dict) -> tuple[URL, dict]:

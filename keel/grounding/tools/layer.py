@@ -22,6 +22,7 @@ from keel.grounding.tools.loop import Conversation, run
 from keel.grounding.tools.registry import ToolRegistry
 from keel.grounding.tools.stream import run_streaming
 from keel.pipeline import Context, LayerOptions, Next, Result
+from keel.pipeline.layer import refuse_several_choices
 
 
 class ToolsOptions(LayerOptions):
@@ -62,6 +63,9 @@ class ToolsLayer:
         if self._toolbox is not None:
             self._toolbox = None
             await self.registry.release(self.options.tools)
+
+    def check(self, body: dict) -> None:
+        refuse_several_choices(body, self.name, "runs one conversation of tool calls")
 
     async def __call__(self, ctx: Context, next: Next) -> Result:
         if self._toolbox is None:  # used as a library without the gateway's start()

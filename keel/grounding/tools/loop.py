@@ -15,6 +15,7 @@ import os
 
 from keel.grounding.tools.calls import Toolbox, ToolRun
 from keel.pipeline import Context, Next
+from keel.providers.shapes import add_usage
 
 FORCED = ("required",)
 STOPPED = "I could not finish: the tools were still being called after {rounds} rounds."
@@ -78,9 +79,7 @@ class Conversation:
         self.rounds += 1
 
     def add_usage(self, usage: dict | None) -> None:
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if usage and isinstance(usage.get(key), int):
-                self.usage[key] = self.usage.get(key, 0) + usage[key]
+        add_usage(self.usage, usage)
 
     def records(self) -> list[dict]:
         return [run.record() for run in self.runs]

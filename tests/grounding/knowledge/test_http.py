@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
@@ -98,3 +100,18 @@ async def test_bad_documents_are_a_400(client, documents):
 async def test_body_that_is_not_json(client):
     async with client.post("/v1/knowledge/help/search", data=b"{nope") as r:
         assert r.status == 400
+
+
+async def test_concurrent_posts_to_a_new_collection_all_succeed(client):
+    async def post(i):
+        async with client.post("/v1/knowledge/fresh/documents", json={"documents": [
+            {"id": "same", "text": f"The same document, take {i}."},
+            {"id": f"doc{i}", "text": f"Document number {i}."},
+        ]}) as r:
+            return r.status, await r.json()
+
+    answers = await asyncio.gather(*(post(i) for i in range(8)))
+    assert [status for status, _ in answers] == [200] * 8, answers
+    async with client.get("/v1/knowledge") as r:
+        (row,) = (await r.json())["data"]
+    assert (row["name"], row["documents"], row["chunks"]) == ("fresh", 9, 9)

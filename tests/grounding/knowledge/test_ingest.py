@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from keel.embeddings.fake import FakeEmbedder, FakeOptions
 from keel.grounding.knowledge import CollectionNotFound, EmbedderMismatch, KnowledgeBase
 from tests.grounding.knowledge.conftest import make_runtime
+from keel.store.models import knowledge_documents as documents
 from tests.grounding.knowledge.pdf import minimal_pdf
 
 
@@ -165,3 +167,28 @@ async def test_large_ingest_writes_in_batches(kb, tmp_path):
     assert report.added == 30 and report.chunks == 120
     (hit,) = await kb.search("big", "w7x2y10", top_k=1, mode="fulltext")
     assert hit.location == "Part 2"
+
+
+async def test_document_ids_are_paths_relative_to_the_ingested_root(kb, docs, tmp_path):
+    await kb.ingest("support", [docs, docs / "billing.txt"])
+    with kb._engine.connect() as conn:
+        ids = set(conn.execute(sa.select(documents.c.doc_id)).scalars())
+    assert ids == {"account.md", "billing.txt", "sub/page.html", "sub/rates.pdf", "j1", "j2"}
+    for hit in await kb.search("support", "refunds", top_k=20):
+        assert str(tmp_path) not in hit.document_id + hit.chunk_id + (hit.source or "")
+
+
+async def test_absolute_ids_of_an_existing_collection_become_relative_on_reingest(kb, docs):
+    """Collections ingested before ids were relative had the file's absolute path as the id:
+    they keep working, and the next ingest gives their documents relative ids."""
+    await kb.ingest("support", [docs])
+    with kb._engine.begin() as conn:  # the old form of the ids
+        conn.execute(sa.update(documents).where(documents.c.doc_id == "billing.txt")
+                     .values(doc_id=documents.c.path))
+    (hit,) = await kb.search("support", "refunds", mode="fulltext")
+    assert hit.document_id == (docs / "billing.txt").resolve().as_posix()
+    report = await kb.ingest("support", [docs])
+    assert (report.added, report.removed, report.unchanged) == (1, 1, 5)
+    (hit,) = await kb.search("support", "refunds", mode="fulltext")
+    assert hit.document_id == "billing.txt"
+    assert (await kb.collections())[0]["documents"] == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Annotated, Literal
 
@@ -50,3 +51,17 @@ async def async_slow(seconds: float) -> str:
 def broken() -> str:
     """Always fails."""
     raise ValueError("the database is down")
+
+
+RELEASE = threading.Event()  # a test puts a fresh one here, and sets it to let `hang` return
+
+
+def hang() -> str:
+    """Block its thread until the test releases it (a function stuck in I/O)."""
+    RELEASE.wait(120)  # read at call time: each test's own event
+    return "released"
+
+
+def echo_fail(text: str) -> str:
+    """Fails with a message that quotes its argument (as many real errors do)."""
+    raise ValueError(f"cannot handle {text!r}")

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from pydantic import ValidationError
 
 from keel.grounding.tools.base import ToolError
-from keel.grounding.tools.http import HTTPOptions, HTTPTool
+from keel.grounding.tools.http import HTTPOptions, HTTPTool, public_address
 
 RATES_SCHEMA = {
     "type": "object",
@@ -46,6 +46,18 @@ def service() -> web.Application:
     async def redirect(request):
         raise web.HTTPFound("http://evil.example.com/steal")
 
+    async def big(request):
+        return web.Response(text="x" * 5000)
+
+    async def trickle(request):  # no Content-Length: the cap must hold as the body arrives
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(50):
+            await response.write(b"y" * 100)
+        await response.write_eof()
+        return response
+
     app = web.Application()
     app[SEEN] = seen
     app.router.add_route("*", "/rates", record)
@@ -54,6 +66,8 @@ def service() -> web.Application:
     app.router.add_get("/fail", fail)
     app.router.add_get("/slow", slow)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get("/big", big)
+    app.router.add_get("/trickle", trickle)
     return app
 
 
@@ -183,3 +197,64 @@ async def test_non_2xx_and_timeouts_become_tool_errors(server):
     finally:
         await t.aclose()
         await slow.aclose()
+
+
+async def test_a_bare_host_entry_allows_only_the_default_ports(server):
+    assert HTTPOptions(url="https://example.com/x", allowed_hosts=["Example.com"]).allowed() \
+        == {"example.com:80", "example.com:443"}
+    bare = await tool(url=f"{base(server)}/rates", allowed_hosts=["127.0.0.1"])
+    with_port = await tool(url=f"{base(server)}/rates", allowed_hosts=[f"127.0.0.1:{server.port}"])
+    try:
+        with pytest.raises(ToolError, match="refused"):
+            await bare.call("t", {})
+        assert orjson.loads(await with_port.call("t", {}))["ok"]
+    finally:
+        await bare.aclose()
+        await with_port.aclose()
+    assert len(server.app[SEEN]) == 1
+
+
+async def test_a_host_from_an_argument_that_resolves_inside_the_network_is_refused(server):
+    t = await tool(url=f"http://{{host}}:{server.port}/rates",
+                   parameters={"type": "object", "properties": {"host": {"type": "string"}}},
+                   allowed_hosts=[f"localhost:{server.port}", f"127.0.0.1:{server.port}"])
+    try:
+        with pytest.raises(ToolError, match="refused: localhost resolves to an address inside"):
+            await t.call("t", {"host": "localhost"})
+        # An address written in allowed_hosts is trusted as written.
+        assert orjson.loads(await t.call("t", {"host": "127.0.0.1"}))["ok"]
+    finally:
+        await t.aclose()
+    assert len(server.app[SEEN]) == 1
+
+
+async def test_a_host_written_in_the_url_stays_trusted(server):
+    t = await tool(url=f"http://localhost:{server.port}/rates")
+    try:
+        assert orjson.loads(await t.call("t", {}))["ok"]
+    finally:
+        await t.aclose()
+
+
+@pytest.mark.parametrize("address, public", [
+    ("169.254.169.254", False), ("fd00:ec2::254", False), ("10.1.2.3", False),
+    ("172.16.0.1", False), ("192.168.1.1", False), ("127.0.0.1", False), ("::1", False),
+    ("::ffff:127.0.0.1", False), ("100.100.100.200", False), ("0.0.0.0", False),
+    ("fe80::1%eth0", False), ("224.0.0.1", False), ("93.184.216.34", True),
+    ("2606:2800:220:1::1", True),
+])
+def test_which_addresses_are_public(address, public):
+    assert public_address(address) is public
+
+
+@pytest.mark.parametrize("path", ["/big", "/trickle"])
+async def test_a_body_over_the_cap_is_a_tool_error(server, path):
+    capped = await tool(url=f"{base(server)}{path}", max_response_bytes=1000)
+    roomy = await tool(url=f"{base(server)}{path}", max_response_bytes=5000)
+    try:
+        with pytest.raises(ToolError, match="over 1000 bytes"):
+            await capped.call("t", {})
+        assert len(await roomy.call("t", {})) == 5000
+    finally:
+        await capped.aclose()
+        await roomy.aclose()

@@ -3,13 +3,23 @@ validation, sync functions in a thread, async ones awaited, results as JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import orjson
 import pytest
 from pydantic import ValidationError
 
-from keel.errors import ConfigError
+from keel.errors import ConfigError, KeelError
+from keel.grounding.knowledge import KnowledgeBase
 from keel.grounding.tools.base import ToolError
+from keel.grounding.tools.calls import Toolbox
 from keel.grounding.tools.python import PythonOptions, PythonTool
+from keel.pipeline import Trace
+from tests.grounding.knowledge.conftest import make_runtime
+from tests.grounding.tools import sample_functions
 
 MODULE = "tests.grounding.tools.sample_functions"
 
@@ -73,3 +83,70 @@ async def test_a_function_that_cannot_be_imported_is_a_config_error():
         await PythonTool("x", PythonOptions(function=f"{MODULE}:missing")).start()
     with pytest.raises(ValidationError):
         PythonOptions(function="not a target")
+
+
+async def test_hung_calls_hold_only_the_tools_own_threads(tmp_path):
+    """Defect 8 of issue 7: timed-out calls keep their threads, so they must not come from the
+    event loop's shared executor. A small default executor (as on a 2-core server) makes the
+    starvation certain where it can happen."""
+    sample_functions.RELEASE = threading.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=3))
+    runtime = make_runtime(f"sqlite:///{tmp_path / 'keel.db'}")
+    kb = KnowledgeBase(runtime)
+    await kb.add_documents("help", [{"id": "d", "text": "Refunds take five days."}])
+    t = await tool("hang", timeout_s=0.2, max_threads=2, pool_wait_s=0)
+    try:
+        results = await asyncio.gather(*(t.call("hang", {}) for _ in range(3)),
+                                       return_exceptions=True)
+        errors = sorted(str(r) for r in results if isinstance(r, ToolError))
+        assert len(errors) == 3
+        assert sum("no result within 0.2 s" in e for e in errors) == 2
+        assert sum("tool pool busy" in e for e in errors) == 1
+        # The server's own threads are free: the knowledge store still answers.
+        hits = await asyncio.wait_for(kb.search("help", "refunds"), 30)
+        assert [h.document_id for h in hits] == ["d"]
+        # ...and so does shutdown, which waits for the shared executor's threads.
+        await asyncio.wait_for(loop.shutdown_default_executor(), 30)
+    finally:
+        sample_functions.RELEASE.set()
+        await runtime.aclose()
+
+
+async def test_a_busy_pool_frees_up_when_the_calls_return():
+    t = await tool("slow", max_threads=1, pool_wait_s=30)
+    assert await asyncio.gather(t.call("slow", {"seconds": 0.05}),
+                                t.call("slow", {"seconds": 0.05})) == ["slept", "slept"]
+
+
+async def test_a_pool_busy_error_reaches_the_model_as_the_tool_result():
+    sample_functions.RELEASE = threading.Event()
+    t = await tool("hang", timeout_s=0.1, max_threads=1, pool_wait_s=0)
+    box = Toolbox([t])
+    call = {"id": "c", "function": {"name": "hang", "arguments": "{}"}}
+    try:
+        first = await box.run(call, Trace(), 1000)
+        second = await box.run(call, Trace(), 1000)
+    finally:
+        sample_functions.RELEASE.set()
+    assert not first.ok and "no result within" in first.error
+    assert not second.ok and orjson.loads(second.content)["error"].startswith("tool pool busy")
+
+
+def test_tool_error_is_a_keel_error():
+    error = ToolError("refused")
+    assert isinstance(error, KeelError) and error.status == 502
+    assert error.to_openai()["error"] == {"message": "refused", "type": "tool_error",
+                                          "param": None, "code": "tool_error"}
+
+
+async def test_a_failing_tool_is_logged_by_stack_and_type_not_by_its_message(caplog):
+    # The message may quote the arguments (user text): the log must not hold it, whatever
+    # `record_bodies` says; the model gets it as the tool's result, the trace's span has it.
+    t = await tool("echo_fail")
+    call = {"id": "c", "function": {"name": "echo_fail", "arguments": '{"text": "MARK-7Q"}'}}
+    with caplog.at_level(logging.INFO):
+        run = await Toolbox([t]).run(call, Trace(), 1000)
+    assert not run.ok and "MARK-7Q" in run.error
+    assert "ValueError" in caplog.text and "sample_functions.py" in caplog.text
+    assert "MARK-7Q" not in caplog.text

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.errors import ConfigError
-from keel.providers import local_json
-from keel.providers.local_decode import Decoder
-from keel.providers.local_request import Planner, SamplingDefaults
+from keel.providers.local import json_mode
+from keel.providers.local.decode import Decoder
+from keel.providers.local.request import Planner, SamplingDefaults
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Engine:
         self.template, self._formatter = _chat_formatter(llama_cpp, llm, settings.chat_format)
         pieces = [_piece(llama_cpp, llm, t) for t in range(llm.n_vocab())]
         texts = [p.decode("utf-8", "replace") for p in pieces]
-        self.decoder = Decoder(llama_cpp, llm, pieces, local_json.closing_bias(texts))
+        self.decoder = Decoder(llama_cpp, llm, pieces, json_mode.closing_bias(texts))
         self.planner = Planner(
             n_ctx=llm.n_ctx(),
             n_vocab=llm.n_vocab(),

@@ -3,6 +3,12 @@
 Everything the engine cannot honour is refused here with `UnsupportedParameter` naming the
 field, and every limit (context size, JSON budget) is checked before a token is generated, so
 the HTTP edge can answer 400 before a stream starts.
+
+Two steps, on two threads. `Planner.check` reads only the body (no model access, no
+tokenising), so it is cheap enough for the event loop and refuses most bad requests at the
+edge. `Planner.plan` renders and tokenises the prompt and sizes the budgets; it runs once per
+request, on the worker thread, just before decoding (the provider's job), so the event loop
+never tokenises while the worker evaluates.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from keel.errors import InvalidRequest, UnsupportedParameter
-from keel.providers import local_json
-from keel.providers.local_json import compact_dumps
+from keel.providers.local import json_mode
+from keel.providers.local.json_mode import compact_dumps
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Plan:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None
-    # JSON budget: None when the output is not JSON; else the reserve in tokens (local_json).
+    # JSON budget: None when the output is not JSON; else the reserve in tokens (json_mode).
     json_reserve: int | None = None
     tool_mode: str = "none"  # "none" | "forced" | "auto"
     tool_names: tuple[str, ...] = ()
@@ -57,7 +63,20 @@ _UNSUPPORTED = {
     "web_search_options": "web search is not available on the local engine",
     "functions": "the deprecated `functions` field is not supported; use `tools`",
     "function_call": "the deprecated `function_call` field is not supported; use `tool_choice`",
+    "guided_choice": "guided_choice is not available on the local engine; use a json_schema "
+                     "response_format with an enum",
+    "guided_regex": "guided_regex is not available on the local engine; use a json_schema "
+                    "response_format",
 }
+
+# Sampling fields and their allowed ranges, checked in `Planner.check`.
+_RANGES = (
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+)
+
 
 class Planner:
     """Builds plans for one loaded model; all model access goes through the callables given."""
@@ -79,12 +98,41 @@ class Planner:
         self.tokenize = tokenize
         self.count_tokens = count_tokens
 
-    def plan(self, body: dict) -> Plan:
+    def check(self, body: dict) -> tuple[str, list[dict], dict]:
+        """Refuse what the body alone shows the engine cannot honour; model-free and cheap.
+
+        Returns (tool mode, the functions offered, the response format) for `plan`.
+        """
         _refuse_unsupported(body)
+        render_messages(body.get("messages") or [])  # refuses content parts it cannot read
         tool_mode, functions = _tool_mode(body)
         response_format = body.get("response_format") or {"type": "text"}
-        if tool_mode == "auto" and response_format.get("type", "text") != "text":
+        kind = response_format.get("type", "text")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise UnsupportedParameter(
+                f"response_format type {kind!r} is not supported on the local engine",
+                param="response_format.type",
+            )
+        if tool_mode == "auto" and kind != "text":
             tool_mode, functions = "none", []  # one grammar per request: the asked-for format wins
+        if _stops(body.get("stop")) and (tool_mode == "forced" or kind != "text"):
+            # A stop string cannot cut grammar-bound output without breaking the JSON, and
+            # ignoring it silently would hide that the answer was not cut where asked.
+            what = "a tool call" if tool_mode == "forced" else f"response_format {kind!r}"
+            raise UnsupportedParameter(
+                f"stop strings cannot be applied to {what} on the local engine: the grammar "
+                "decides where the JSON ends; remove stop",
+                param="stop",
+            )
+        for name, low, high in _RANGES:
+            _number(body, name, 0.0, low, high)
+        _max_tokens_field(body)
+        self._logit_bias(body.get("logit_bias"))
+        return tool_mode, functions, response_format
+
+    def plan(self, body: dict) -> Plan:
+        """The whole plan: tokenises, so it runs on the worker thread (see the module doc)."""
+        tool_mode, functions, response_format = self.check(body)
         messages = render_messages(body.get("messages") or [])
         if functions:
             messages = _with_tool_instructions(messages, functions, forced=tool_mode == "forced")
@@ -119,22 +167,22 @@ class Planner:
     def _grammar(self, response_format: dict, tool_mode: str, functions: list[dict]):
         """(GBNF text or None, JSON reserve in tokens or None)."""
         if tool_mode == "forced":
-            schema = local_json.tool_call_schema(functions)
-            return local_json.tool_call_gbnf(functions), self._reserve(schema)
+            schema = json_mode.tool_call_schema(functions)
+            return json_mode.tool_call_gbnf(functions), self._reserve(schema)
         if tool_mode == "auto":
-            schema = local_json.tool_call_schema(functions)
-            return local_json.call_or_text_gbnf(functions), self._reserve(schema)
+            schema = json_mode.tool_call_schema(functions)
+            return json_mode.call_or_text_gbnf(functions), self._reserve(schema)
         kind = response_format.get("type", "text")
         if kind == "text":
             return None, None
         if kind == "json_object":
-            return local_json.JSON_OBJECT_GBNF, 0
+            return json_mode.JSON_OBJECT_GBNF, 0
         if kind == "json_schema":
             schema = (response_format.get("json_schema") or {}).get("schema")
             if not schema:
-                return local_json.JSON_OBJECT_GBNF, 0
+                return json_mode.JSON_OBJECT_GBNF, 0
             try:
-                grammar = local_json.schema_gbnf(schema)
+                grammar = json_mode.schema_gbnf(schema)
             except Exception as exc:  # the converter raises plain errors on schemas it cannot map
                 raise UnsupportedParameter(
                     f"the local engine cannot turn this JSON schema into a grammar: {exc}",
@@ -148,7 +196,7 @@ class Planner:
 
     def _reserve(self, schema: dict) -> int:
         # Closing mode writes keys a token or two less efficiently than the tokenizer would.
-        tokens = self.count_tokens(compact_dumps(local_json.minimal_instance(schema)))
+        tokens = self.count_tokens(compact_dumps(json_mode.minimal_instance(schema)))
         return tokens + (tokens + 1) // 2
 
     def _max_tokens(self, body: dict, prompt_len: int) -> int:
@@ -160,12 +208,9 @@ class Planner:
                 param="messages",
                 code="context_length_exceeded",
             )
-        param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        requested = body.get(param)
+        param, requested = _max_tokens_field(body)
         if requested is None:
             return room
-        if not isinstance(requested, int) or requested < 1:
-            raise InvalidRequest(f"{param} must be a positive integer", param=param)
         if requested > room:
             raise InvalidRequest(
                 f"the messages take {prompt_len} tokens and {param} asks for {requested} more, "
@@ -188,6 +233,16 @@ class Planner:
                 )
             bias[token] = max(-100.0, min(100.0, float(value)))
         return bias
+
+
+def _max_tokens_field(body: dict) -> tuple[str, int | None]:
+    """(the field that sets the limit, its value); `max_completion_tokens` wins."""
+    param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    requested = body.get(param)
+    valid = isinstance(requested, int) and not isinstance(requested, bool) and requested >= 1
+    if requested is not None and not valid:
+        raise InvalidRequest(f"{param} must be a positive integer", param=param)
+    return param, requested
 
 
 def json_budget_error(max_tokens: int, needed: int | None = None) -> InvalidRequest:

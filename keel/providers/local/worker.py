@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, TypeVar
 
 T = TypeVar("T")
-Emit = Callable[[str], None]
+Emit = Callable[[object], None]  # a decoded piece, or whatever else the job hands out first
 Job = Callable[[threading.Event, "Emit | None"], T]
 
 _DONE = object()

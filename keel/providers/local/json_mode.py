@@ -10,6 +10,9 @@ and from then on decoding switches to *closing mode*: greedy, still under the gr
 strong bias towards tokens that close strings, arrays and objects (`closing_bias`). The grammar
 keeps closing mode honest: a required key or a `minLength` is still written. Only if even that
 does not fit does the provider raise `json_budget_exceeded`.
+
+An answer that closing mode changed (the decoder compares each closing token with the model's
+own pick) ends with `finish_reason: "length"`: valid JSON, but its values were cut short.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Typed keys for what the aiohttp application carries."""
+"""Typed aiohttp application keys: what the app carries (the `Gateway`), not API keys."""
 
 from aiohttp import web
 

@@ -2,7 +2,7 @@
 
 Written on llama-cpp-python's building blocks (`Llama.eval`, llama.cpp sampler chains) rather
 than `create_chat_completion`, because Keel needs three things inside the loop: a cancellation
-check per token, a switch to JSON closing mode when the budget runs low (local_json), and pieces
+check per token, a switch to JSON closing mode when the budget runs low (json_mode), and pieces
 handed out as they are decoded. The sampler chain is built exactly as llama-cpp-python builds
 it, so the same seed and settings give the same text as calling llama-cpp-python directly.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from keel.errors import UnsupportedParameter
-from keel.providers.local_json import JsonBudget
-from keel.providers.local_request import Plan, json_budget_error
+from keel.providers.local.json_mode import JsonBudget
+from keel.providers.local.request import Plan, json_budget_error
 
 # llama-cpp-python's window for repetition penalties (Llama.last_n_tokens_size).
 _PENALTY_LAST_N = 64
@@ -25,8 +25,13 @@ _PENALTY_LAST_N = 64
 @dataclass
 class Outcome:
     text: str
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    # Only OpenAI's values: "stop", or "length" when max_tokens ended the answer, including
+    # JSON that closing mode finished early (its values were cut short).
+    finish_reason: str
     completion_tokens: int
+    # The caller left (its client disconnected): nobody reads this outcome; the HTTP edge records
+    # the request as 499 on its trace. Never a finish reason, so it cannot reach a client.
+    cancelled: bool = False
 
 
 class StopFilter:
@@ -73,7 +78,7 @@ class Decoder:
         self, plan: Plan, cancel: threading.Event, emit: Callable[[str], None] | None = None
     ) -> Outcome:
         if cancel.is_set():  # the caller left while this request waited in the queue
-            return Outcome("", "cancelled", 0)
+            return Outcome("", "length", 0, cancelled=True)
         llm = self._llm
         sampler = self._sampler(plan)
         # Always evaluate the whole prompt: reusing a cached prefix evaluates it in other batch
@@ -84,12 +89,20 @@ class Decoder:
         budget = None
         if plan.json_reserve is not None:
             budget = JsonBudget(plan.max_tokens, plan.json_reserve, plan.tool_mode == "auto")
-        stopper = StopFilter(plan.stop) if plan.stop and plan.grammar is None else None
+        # Stops cut free text only: never grammar-bound JSON (the planner refuses stop with JSON
+        # formats and forced calls; with tool_choice "auto" they apply once the answer is text).
+        free_text = plan.grammar is None or plan.tool_mode == "auto"
+        stopper = StopFilter(plan.stop) if plan.stop and free_text else None
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         tokens: list[int] = []
         parts: list[str] = []
         finish = "length"
         closing_in_string: bool | None = None  # None: not closing; else the state the bias fits
+        closer = None
+        # Whether closing mode wrote something other than what the model would have written
+        # (same seed): only then was the answer cut short, and the finish reason says "length".
+        cut = False
+        shadow = sampler  # the model's own chain, in step with what was written; None: rebuild
 
         def out(text: str) -> None:
             if text:
@@ -99,12 +112,26 @@ class Decoder:
 
         while len(tokens) < plan.max_tokens:
             if cancel.is_set():
-                return Outcome("".join(parts), "cancelled", len(tokens))
+                return Outcome("".join(parts), "length", len(tokens), cancelled=True)
             if budget is not None and (closing_in_string is not None or budget.must_close(len(tokens))):
                 if closing_in_string != budget.in_string:
                     closing_in_string = budget.in_string
-                    sampler = self._closing_sampler(plan.grammar, tokens, closing_in_string)
-            token = sampler.sample(llm._ctx, -1)
+                    closer = self._closing_sampler(plan.grammar, tokens, closing_in_string)
+            if closer is None:
+                token = sampler.sample(llm._ctx, -1)
+            else:
+                token = closer.sample(llm._ctx, -1)
+                if not cut:
+                    if shadow is None:
+                        shadow = self._sampler(plan)
+                        for done in tokens:
+                            shadow.accept(done)
+                    natural = shadow.sample(llm._ctx, -1)
+                    if natural != token:
+                        # `":` where the model picks `":"`: the same text in another split,
+                        # not a cut; the model's chain then has to catch up with the closer's.
+                        cut = not self._prefix_of(token, natural)
+                        shadow = None
             if self._lib.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
                 break
@@ -112,7 +139,7 @@ class Decoder:
             text = utf8.decode(self._pieces[token])
             if budget is not None:
                 budget.feed(text)
-            if stopper is not None:
+            if stopper is not None and (budget is None or not budget.active):
                 text, hit = stopper.push(text)
                 if hit:
                     out(text)
@@ -123,11 +150,21 @@ class Decoder:
         out((stopper.flush() if stopper else "") + utf8.decode(b"", final=True))
 
         if finish == "length" and budget is not None and budget.active:
-            if budget.started and not budget.stack and not budget.in_string:
-                finish = "stop"  # the top-level value closed exactly at the limit: complete
-            else:
+            if not (budget.started and not budget.stack and not budget.in_string):
                 raise json_budget_error(plan.max_tokens)
+            if not cut:
+                finish = "stop"  # the model closed the value itself, exactly at the limit
+        elif cut:
+            finish = "length"  # closing mode ended the JSON early to fit max_tokens
         return Outcome("".join(parts), finish, len(tokens))
+
+    def _prefix_of(self, written: int, natural: int) -> bool:
+        """Whether the written token's text begins the text the model would have written."""
+        eog = self._lib.llama_vocab_is_eog
+        if eog(self._vocab, written) or eog(self._vocab, natural):
+            return False
+        piece = self._pieces[written]
+        return bool(piece) and self._pieces[natural].startswith(piece)
 
     def _sampler(self, plan: Plan):
         """The chain llama-cpp-python's `Llama._init_sampler` builds, plus Keel's extras."""
