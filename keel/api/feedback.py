@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
-from keel.api.body import read_json
+from keel.api.body import read_json, reject_nul
 from keel.api.errors import error_response
 from keel.errors import InvalidRequest, KeelError
 from keel.ops import feedback as ops
@@ -34,6 +34,7 @@ async def create_feedback(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
         body = await read_json(request, gateway.config.server.max_body_bytes)
+        reject_nul(body)
         fields = _validated(body)
         store = gateway.runtime.store
         await _require_trace(gateway, store, fields["trace_id"])
@@ -49,6 +50,10 @@ async def list_feedback(request: web.Request) -> web.Response:
     if not trace_id:
         return error_response(InvalidRequest("trace_id: required query parameter",
                                              param="trace_id"))
+    try:
+        reject_nul(trace_id, "trace_id")
+    except KeelError as exc:
+        return error_response(exc)
     rows = await asyncio.to_thread(ops.feedback_for, gateway.runtime.store, trace_id)
     return _json({"object": "list", "data": rows})
 

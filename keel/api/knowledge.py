@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
-from keel.api.body import read_json
+from keel.api.body import read_json, reject_nul
 from keel.api.errors import error_response
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.grounding.knowledge import knowledge_base
@@ -86,6 +86,7 @@ async def add_documents(request: web.Request) -> dict:
 @_handled
 async def delete_document(request: web.Request) -> dict:
     collection, doc_id = request.match_info["collection"], request.match_info["doc_id"]
+    reject_nul(dict(request.match_info))
     kb = _kb(request)
     if not await kb.remove_documents(collection, [doc_id]):
         raise NotFound(f"no document {doc_id!r} in collection {collection!r}",
@@ -95,9 +96,11 @@ async def delete_document(request: web.Request) -> dict:
 
 
 async def _body(request: web.Request) -> dict:
+    reject_nul(dict(request.match_info))  # the collection name and document id are stored too
     body = await read_json(request, request.app[GATEWAY].config.server.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("expected a JSON object as the request body")
+    reject_nul(body)
     return body
 
 

@@ -1,8 +1,12 @@
 """The trace recorder: request traces go to the store in batches, on a thread of their own.
 
-The request path only calls `submit(trace)`: an O(1) append to a bounded deque, no lock, no I/O,
-no serialisation. A writer thread wakes every `flush_interval_s` (or as soon as a full batch is
-waiting), turns traces into rows, and inserts up to `batch_size` of them with one executemany.
+The request path only calls `submit(trace)`: the trace becomes the driver's parameters for its
+row (a few microseconds, orjson) and is appended to a bounded deque; no lock, no I/O. A writer
+thread wakes every `flush_interval_s` (or as soon as a full batch is waiting) and inserts up to
+`batch_size` rows with one executemany. Serialising on the event loop, spread evenly over the
+requests, rather than in the writer in bursts of a whole batch, is what keeps the tail short:
+while the writer runs Python it holds the GIL, and every socket call of the event loop then waits
+for it (see docs/benchmarks.md, "The tail").
 
 Nothing is lost silently. A full buffer drops the new trace and counts it (`dropped`, and a
 warning at most every `DROP_WARNING_EVERY_S`); a failed insert is logged and its traces counted
@@ -57,7 +61,7 @@ class TraceRecorder:
         self.buffer_size = config.buffer_size
         self.batch_size = config.batch_size
         self.flush_interval_s = config.flush_interval_s
-        self._pending: deque[Trace] = deque()
+        self._pending: deque = deque()  # driver parameters, one row each
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -87,7 +91,14 @@ class TraceRecorder:
         if len(pending) >= self.buffer_size or self._closed:
             self.dropped += 1
             return
-        pending.append(trace)
+        try:
+            row = self._insert.param(trace_row(trace, self.record_bodies))
+        except Exception:  # a value JSON cannot hold: this trace only, counted
+            log.exception("trace %s could not be turned into a row; skipped",
+                          getattr(trace, "id", "?"))
+            self.errors += 1
+            return
+        pending.append(row)
         if len(pending) == self.batch_size:  # a full batch is waiting: don't sit out the timer
             self._wake.set()
 
@@ -169,7 +180,7 @@ class TraceRecorder:
         with self._idle:
             self._idle.notify_all()
 
-    def _take_batch(self) -> list[Trace]:
+    def _take_batch(self) -> list:
         pending, batch = self._pending, []
         try:
             while len(batch) < self.batch_size:
@@ -178,15 +189,7 @@ class TraceRecorder:
             pass
         return batch
 
-    def _write_batch(self, batch: list[Trace]) -> None:
-        rows = []
-        for trace in batch:
-            try:
-                rows.append(trace_row(trace, self.record_bodies))
-            except Exception:
-                log.exception("trace %s could not be turned into a row; skipped",
-                              getattr(trace, "id", "?"))
-                self.errors += 1
+    def _write_batch(self, rows: list) -> None:
         if not rows:
             return
         self._held = len(rows)
@@ -195,7 +198,7 @@ class TraceRecorder:
         finally:
             self._held = 0
 
-    def _write_rows(self, rows: list[dict]) -> None:
+    def _write_rows(self, rows: list) -> None:
         delay = RETRY_FIRST_S
         while True:
             try:
@@ -219,16 +222,15 @@ class TraceRecorder:
                 self._store_up()
             return
 
-    def _write_batch_of_one(self, row: dict) -> None:
+    def _write_batch_of_one(self, row) -> None:
         self._write_rows([row])
 
-    def _insert_rows(self, rows: list[dict]) -> None:
-        params = self._insert.params(rows)
+    def _insert_rows(self, rows: list) -> None:
         with self._engine.begin() as conn:
-            conn.exec_driver_sql(self._insert.sql, params)
+            conn.exec_driver_sql(self._insert.sql, rows)
         self.written += len(rows)
 
-    def _count_failure(self, rows: list[dict], exc: BaseException) -> None:
+    def _count_failure(self, rows: list, exc: BaseException) -> None:
         self.errors += len(rows)
         self.last_error = _describe(exc)
         log.error("writing %d trace(s) failed, they are lost: %s", len(rows), self.last_error)
@@ -272,8 +274,8 @@ class _DriverInsert:
     processors, JSON through its serializer); the writer thread holds the GIL through all of it,
     and the event loop waits for the GIL (up to `sys.getswitchinterval()` at a time), which
     showed as Keel's p99 under load. Here JSON columns are serialised with orjson (the store's
-    own `dumps_json`), rows become tuples, and the driver's executemany, in C for SQLite,
-    releases the GIL while SQLite works on each row.
+    own `dumps_json`) when the trace is submitted, rows become tuples, and the driver's
+    executemany, in C for SQLite, releases the GIL while SQLite works on each row.
     """
 
     def __init__(self, dialect: sa.engine.Dialect) -> None:
@@ -283,20 +285,17 @@ class _DriverInsert:
         self.positional = bool(compiled.positional)
         self.json_keys = frozenset(c.name for c in traces_table.c if isinstance(c.type, sa.JSON))
 
-    def params(self, rows: list[dict]) -> list:
-        """Driver parameters for `rows`; raises TypeError for a value JSON cannot hold."""
+    def param(self, row: dict):
+        """The driver's parameters for one row; raises TypeError for a value JSON cannot hold."""
         json_keys = self.json_keys
-        out = []
-        for row in rows:
-            # JSON None stays SQL NULL (the column's none_as_null), not the text 'null'.
-            values = [dumps_json(row[k]) if k in json_keys and row[k] is not None else row[k]
-                      for k in self.keys]
-            out.append(tuple(values) if self.positional else dict(zip(self.keys, values)))
-        return out
+        # JSON None stays SQL NULL (the column's none_as_null), not the text 'null'.
+        values = [dumps_json(row[k]) if k in json_keys and row[k] is not None else row[k]
+                  for k in self.keys]
+        return tuple(values) if self.positional else dict(zip(self.keys, values))
 
 
 def trace_row(trace: Trace, record_bodies: bool = True) -> dict[str, Any]:
-    """The `traces` row for one trace; JSON columns are serialised by the engine at insert."""
+    """The `traces` row for one trace, as Python values (JSON columns not yet serialised)."""
     return {
         "id": trace.id,
         "created_at": trace.started_at,
@@ -358,7 +357,9 @@ def _is_row_problem(exc: Exception) -> bool:
 
 def _clip(value: str | None, limit: int = 200) -> str | None:
     # The column holds 200 characters; a client may send any model name, and PostgreSQL would
-    # reject the whole batch over one long one.
-    if value is None or len(value) <= limit:
+    # reject the whole batch over one long one — or over a NUL, which its text cannot hold.
+    if value is None:
         return value
-    return value[:limit]
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return value if len(value) <= limit else value[:limit]

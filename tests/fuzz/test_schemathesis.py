@@ -9,7 +9,7 @@ seed (hypothesis `derandomize`) and a fixed example budget, and checks each resp
 - `openai_error_shape` (below): every 4xx/5xx body is `{"error": {message, type, param, code}}`.
 
 The fake provider runs first (cheap: a larger budget), in process and behind the `openai`
-provider over a socket; the embedded model second (marked `model`: a handful of examples with
+provider over a socket, with its store on SQLite and on PostgreSQL; the embedded model second (marked `model`: a handful of examples with
 a small `max_tokens`, as each one generates). `KEEL_FUZZ_EXAMPLES=N` deepens the first by hand.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from contextlib import ExitStack
 
 import pytest
 import schemathesis
@@ -32,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from keel.providers.fake_server import serve_fake_upstream
 from tests.servers import keel_server
+from tests.store.backends import BACKENDS, postgres_schema_url
 
 FAKE_MODELS = ["echo", "json", "bad-json", "bad-json-once", "tool-call", "error-429", "error-503"]
 # The same behaviours in process (`fake`) and as a remote upstream over a socket (`openai`
@@ -140,10 +142,14 @@ def _schema(root: str, models: list[str], embedders: list[str], **narrow):
     return schema
 
 
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory):
-    with serve_fake_upstream() as upstream:
+@pytest.fixture(scope="module", params=BACKENDS)
+def fake_root(request, tmp_path_factory):
+    """A `keel serve` on the fake provider, its store on each backend in turn."""
+    with serve_fake_upstream() as upstream, ExitStack() as stack:
         config = FAKE_CONFIG.format(upstream=upstream)
+        if request.param == "postgres":
+            url = stack.enter_context(postgres_schema_url())
+            config += f"store: {{url: '{url}'}}\n"
         with keel_server(tmp_path_factory.mktemp("fuzz-fake"), config) as url:
             yield url.removesuffix("/v1")
 

@@ -259,3 +259,14 @@ def test_close_during_an_outage_counts_what_it_cannot_write_and_returns(tmp_path
     assert recorder.stats() == {"written": 0, "dropped": 0, "pending": 0, "errors": 3}
     assert any("they are lost" in r.getMessage() for r in caplog.records)
     store.close()
+
+
+def test_a_nul_in_a_client_model_name_does_not_lose_the_trace(store):
+    # PostgreSQL's text cannot hold NUL: the row keeps the name with U+FFFD instead.
+    recorder = TraceRecorder(store, tracing())
+    trace = make_trace(0)
+    trace.model = "gpt\u0000x"
+    recorder.submit(trace)
+    recorder.close()
+    assert recorder.stats()["written"] == 1 and recorder.stats()["errors"] == 0
+    assert get_trace(store, trace.id)["model"] == "gpt\ufffdx"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
@@ -37,6 +39,13 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state' / 'keel.db'}"
         return
+    with postgres_schema_url() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema_url() -> Iterator[str]:
+    """A URL of the test PostgreSQL whose search path is a fresh schema, dropped afterwards."""
     schema = f"keel_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(normalize_url(POSTGRES_URL))
     with admin.begin() as conn:
@@ -45,15 +54,18 @@ def db_url(request, tmp_path):
     # A transaction left open by a failed test would block the DROP below for ever: the server
     # ends such a session after a minute, and the DROP gives up after two, failing clearly.
     options = f"-csearch_path={schema} -cidle_in_transaction_session_timeout=60s"
-    yield f"{POSTGRES_URL}{separator}options={quote(options)}"
     try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql("SET LOCAL lock_timeout = '120s'")
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"could not drop test schema {schema}: a connection still holds it ({exc})")
+        yield f"{POSTGRES_URL}{separator}options={quote(options)}"
     finally:
-        admin.dispose()
+        try:
+            with admin.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '120s'")
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        except sa.exc.OperationalError as exc:
+            pytest.fail(f"could not drop test schema {schema}: a connection still holds it "
+                        f"({exc})")
+        finally:
+            admin.dispose()
 
 
 @pytest.fixture

@@ -221,9 +221,23 @@ def parse_file(path: Path, data: bytes, doc_id: str, *, text_field: str = "text"
     """The documents in one file (one, except for JSONL)."""
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return parse_jsonl(data.decode("utf-8", "replace"), doc_id, text_field)
+        documents = parse_jsonl(data.decode("utf-8", "replace"), doc_id, text_field)
+        return [_without_nul(document) for document in documents]
     parser = PARSERS.get(suffix)
     if parser is None:
         supported = ", ".join(sorted(SUFFIXES))
         raise InvalidRequest(f"{path}: unsupported file type (supported: {supported})")
-    return parser(data, doc_id)
+    return [_without_nul(document) for document in parser(data, doc_id)]
+
+
+def _without_nul(document: Document) -> Document:
+    # A NUL in a file's text is noise (a binary fragment), and PostgreSQL's text cannot hold
+    # one: it becomes U+FFFD, as undecodable bytes already do, on every backend alike.
+    def clean(text: str | None) -> str | None:
+        return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+    document.sections = [Section(clean(s.location), clean(s.text), s.prefix_location)
+                         for s in document.sections]
+    document.id, document.title = clean(document.id), clean(document.title)
+    document.source = clean(document.source)
+    return document

@@ -115,3 +115,20 @@ async def test_concurrent_posts_to_a_new_collection_all_succeed(client):
     async with client.get("/v1/knowledge") as r:
         (row,) = (await r.json())["data"]
     assert (row["name"], row["documents"], row["chunks"]) == ("fresh", 9, 9)
+
+
+async def test_a_nul_character_is_a_400_naming_where_on_every_backend(client):
+    # PostgreSQL's text cannot hold NUL (the fuzzer found the 500 it gave); SQLite answers alike.
+    status, body = await add(client, [{"text": "ok"}, {"text": "a\u0000b"}])
+    assert status == 400 and body["error"]["param"] == "documents[1].text"
+    assert "NUL" in body["error"]["message"]
+    await add(client, [{"text": "something"}])
+    async with client.post("/v1/knowledge/help/search", json={"query": "x\u0000"}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "query"
+    async with client.post("/v1/knowledge/a%00b/documents", json={"documents": [{"text": "x"}]}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "collection"
+    async with client.get("/v1/feedback", params={"trace_id": "t\u0000"}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "trace_id"
+    async with client.post("/v1/feedback", json={"trace_id": "t", "score": 1,
+                                                 "comment": "bad\u0000"}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "comment"

@@ -104,3 +104,13 @@ def test_jsonl_without_the_text_field_names_the_line_and_option():
 def test_unsupported_suffix():
     with pytest.raises(InvalidRequest, match="unsupported file type"):
         parse("a.docx", b"")
+
+
+def test_a_nul_in_a_file_becomes_a_replacement_character(tmp_path):
+    # PostgreSQL's text cannot hold NUL: a file with one must still ingest, on every backend.
+    path = tmp_path / "binaryish.txt"
+    data = b"before\x00after"
+    (doc,) = parse_file(path, data, "binaryish.txt")
+    assert "\x00" not in doc.sections[0].text and "before\ufffdafter" in doc.sections[0].text
+    (row,) = parse_file(tmp_path / "r.jsonl", b'{"id": "a\\u0000b", "text": "x\\u0000y"}\n', "r")
+    assert row.id == "a\ufffdb" and row.sections[0].text == "x\ufffdy"
