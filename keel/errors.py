@@ -14,6 +14,16 @@
     └── ClientClosed         499   the client went away before the answer (traces only: nobody
                                    is left to read it)
 
+Layers derive their own errors from these, next to the code that raises them:
+
+    InvalidRequest ── EmbedderMismatch (409, grounding/knowledge/base.py),
+                      JudgePromptTooLong (evals/graders/judge_call.py)
+    NotFound ──────── CollectionNotFound (grounding/knowledge/base.py), TraceNotFound
+                      (ops/feedback.py), DatasetNotFound (evals/dataset_store.py),
+                      RunNotFound (evals/annotate.py)
+    KeelError ─────── ToolError (502 `tool_error`, grounding/tools/base.py): inside the tools
+                      loop it becomes the tool's result, for the model to read
+
 At the HTTP edge an error becomes `{"error": {"message", "type", "param", "code"}}` with its
 status; in the CLI it becomes one clean line. Anything else is a bug and is reported as an
 `InternalError` (500) without its stack trace. `keel.api.errors` maps aiohttp's own HTTP errors
