@@ -37,7 +37,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from pathlib import Path
 import aiohttp
 from rich.console import Console
 from rich.table import Table
+
+from processes import free_port, wait_ready  # bench/processes.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 STATS_PATH = "/_soak/stats"
@@ -260,26 +261,6 @@ async def soak(base: str, pid: int, opts) -> dict:
 
 
 # -- the run -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 def stored_traces(db: Path) -> dict[int, int]:

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -73,8 +74,21 @@ class ToolConfig(BaseModel):
 
 
 class LayerSpec(Strict):
+    """A layer named in keel.yaml. `options` is what the file says; `typed` is the same, validated
+    into the layer's own `Options` model (found by name through the `keel.layers` entry points)
+    when the file is loaded, so a layer receives a typed model, checked once."""
+
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    _typed: BaseModel | None = PrivateAttr(None)
+
+    @property
+    def typed(self) -> BaseModel:
+        if self._typed is None:
+            from keel.pipeline.layer import layer_class
+
+            self._typed = layer_class(self.name).Options.model_validate(self.options)
+        return self._typed
 
 
 def _layer_specs(value: Any) -> Any:
@@ -139,9 +153,16 @@ class ModelConfig(Strict):
     pricing: PricingConfig | None = None
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
+    _grounding: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
 
     def grounding_layers(self) -> list[tuple[str, LayerSpec]]:
-        """(field, layer) for `knowledge:` and `tools:`, in the order they run."""
+        """(field, layer) for `knowledge:` and `tools:`, in the order they run (the same specs
+        each time, so their typed options are validated once)."""
+        if self._grounding is None:
+            self._grounding = self._make_grounding_layers()
+        return self._grounding
+
+    def _make_grounding_layers(self) -> list[tuple[str, LayerSpec]]:
         found = []
         if self.knowledge is not None:
             found.append(("knowledge", LayerSpec(name="knowledge", options=self.knowledge)))
@@ -277,7 +298,7 @@ def validate_components(config: KeelConfig, path: Path | str = "keel.yaml") -> N
             cls = layer_class(spec.name)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where}: {exc.message}") from None
-        _check_options(cls.Options, spec.options, path, where)
+        spec._typed = _check_options(cls.Options, spec.options, path, where)
 
 
 def _layer_places(config: KeelConfig):
@@ -291,9 +312,9 @@ def _layer_places(config: KeelConfig):
             yield f"models.{name}.pipeline[{i}].{spec.name}", spec
 
 
-def _check_options(options_cls: type[BaseModel], values: dict, path, where: str) -> None:
+def _check_options(options_cls: type[BaseModel], values: dict, path, where: str) -> BaseModel:
     try:
-        options_cls.model_validate(values)
+        return options_cls.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(path, exc, prefix=where)) from None
 

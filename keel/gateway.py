@@ -71,6 +71,8 @@ class Gateway:
 
     def context_for(self, body: dict, trace: Trace, headers=None) -> Context:
         """Validate a Chat Completions body and place it on its route, ready to run."""
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            trace.model = body["model"]  # so a request refused below is listed by its model
         request = validate_chat_request(body)
         trace.model = request.model
         route = self.route(request.model)
@@ -133,7 +135,7 @@ class Gateway:
             self.record(trace)
 
     def _layer(self, spec: LayerSpec):
-        return make_layer(spec.name, spec.options, self.runtime)
+        return make_layer(spec.name, spec.typed, self.runtime)
 
     async def start(self) -> None:
         if self.config.tracing.enabled:

@@ -145,3 +145,18 @@ def test_model_defaults_reach_the_body_with_provider_extras(tmp_path):
     path.write_text("providers:\n  f: {kind: fake}\nmodels:\n  m: {provider: f, defaults: "
                     "{temperature: 0.3, extra_body: {top_k: 20}}}\n")
     assert load_config(path).models["m"].defaults.body() == {"temperature": 0.3, "top_k": 20}
+
+
+def test_layer_options_are_typed_once_when_the_file_loads(tmp_path):
+    from keel.consistency.json_mode import JSONModeOptions
+    from keel.gateway import Gateway
+
+    path = tmp_path / "keel.yaml"
+    path.write_text(f"state_dir: {tmp_path}\nproviders:\n  f: {{kind: fake}}\nmodels:\n"
+                    "  m: {provider: f}\npipeline:\n  - json_mode: {repair_attempts: 2}\n")
+    config = load_config(path)
+    typed = config.pipeline[0].typed
+    assert isinstance(typed, JSONModeOptions) and typed.repair_attempts == 2
+    (layer,) = Gateway(config).layers
+    assert layer.repair_attempts == 2
+    assert config.pipeline[0].typed is typed  # validated once, not per use

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from keel.pipeline.context import Context, Result
-from keel.pipeline.layer import Layer, Next, layer_class
+from keel.pipeline.layer import Layer, LayerOptions, Next, layer_class
 from keel.pipeline.trace import Span
 
 
-def make_layer(name: str, options: dict, runtime: Any = None) -> Layer:
+def make_layer(name: str, options: dict | LayerOptions, runtime: Any = None) -> Layer:
+    """The layer `name`, given its options: already typed (a `LayerSpec.typed`, validated when
+    keel.yaml was loaded) or as a dict, validated here."""
     cls = layer_class(name)
-    return cls(cls.Options.model_validate(options), runtime)
+    if not isinstance(options, cls.Options):
+        options = cls.Options.model_validate(options)
+    return cls(options, runtime)
 
 
 def check_request(layers: list[Layer], body: dict) -> None:

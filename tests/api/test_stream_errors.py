@@ -65,7 +65,8 @@ async def test_a_broken_response_schema_is_a_400_naming_the_field(keel, session,
     assert payload["error"]["param"] == SCHEMA_PARAM
     assert payload["error"]["type"] == "invalid_request_error"
     assert words in payload["error"]["message"]
-    assert stored_trace(gateway, trace_id)["status"] == 400
+    trace = stored_trace(gateway, trace_id)
+    assert trace["status"] == 400 and trace["model"] == "fake/json"  # listed by its model
 
 
 @pytest.mark.parametrize(
