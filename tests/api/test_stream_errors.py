@@ -12,8 +12,7 @@ import json
 import logging
 
 import pytest
-from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
+from aiohttp import ClientSession, web
 
 from keel.api import create_app
 from keel.errors import NotFound
@@ -142,12 +141,17 @@ async def test_an_unexpected_error_after_the_headers_is_an_sse_error_event(
 
 @pytest.fixture(params=[False, True], ids=["no-cancellation", "handler-cancellation"])
 async def keel_server(request, tmp_path):
-    """A Keel with aiohttp's handler cancellation off (the default) and on (`keel serve`)."""
+    """A Keel with aiohttp's handler cancellation off (aiohttp's default, for an app that embeds
+    `create_app` in its own runner) and on (`keel serve`). A runner of its own: aiohttp's
+    TestServer always turns cancellation on, whatever it is given."""
     gateway = Gateway(fake_config(tmp_path))
-    server = TestServer(create_app(gateway), host="127.0.0.1", handler_cancellation=request.param)
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/"), gateway
-    await server.close()
+    runner = web.AppRunner(create_app(gateway), handler_cancellation=request.param)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}", gateway
+    await runner.cleanup()
 
 
 async def test_a_client_that_leaves_mid_stream_is_a_499_not_a_logged_500(keel_server, caplog):
