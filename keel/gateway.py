@@ -16,11 +16,7 @@ from keel.config import KeelConfig, LayerSpec
 from keel.errors import ClientClosed, InternalError, KeelError, ModelNotFound
 from keel.pipeline import Context, Route, Trace
 from keel.pipeline.assemble import build_chain, check_request, make_layer
-from keel.pipeline.request import (
-    check_request_schemas,
-    normalise_extensions,
-    validate_chat_request,
-)
+from keel.pipeline.request import validate_chat_request
 from keel.pipeline.runtime import Runtime
 from keel.providers.registry import provider_class
 
@@ -71,20 +67,18 @@ class Gateway:
 
     def context_for(self, body: dict, trace: Trace, headers=None) -> Context:
         """Validate a Chat Completions body and place it on its route, ready to run."""
-        if isinstance(body, dict) and isinstance(body.get("model"), str):
-            trace.model = body["model"]  # so a request refused below is listed by its model
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str):
+            trace.model = model  # so a request refused below is listed by its model
+            # The route's defaults go in first, so the one validation below also reads them
+            # (a default may itself be an extension, guided_json or json_object + schema).
+            for key, value in getattr(self.routes.get(model), "defaults", {}).items():
+                body.setdefault(key, value)
         request = validate_chat_request(body)
-        trace.model = request.model
         route = self.route(request.model)
         trace.provider = route.provider_name
         trace.upstream_model = route.upstream_model
         trace.stream = bool(request.stream)
-        filled = [key for key in route.defaults if key not in body]
-        for key in filled:
-            body[key] = route.defaults[key]
-        if filled:  # a default may itself be an extension (guided_json, json_object + schema)
-            check_request_schemas(body)
-            normalise_extensions(body)
         route.provider.check(body, route.upstream_model)
         check_request(route.layers, body)
         return Context(body=body, route=route, trace=trace, headers=headers or {})
