@@ -80,15 +80,17 @@ def timeout_error(exc: BaseException, options: UpstreamOptions, who: str) -> Ups
     return UpstreamTimeout(f"timed out after {limit:g} s {phase} {who}")
 
 
-async def read_body(resp: aiohttp.ClientResponse, options: UpstreamOptions, who: str) -> bytes:
-    """The whole body of `resp`, refusing one larger than `options.max_response_bytes`.
+class BodyTooLarge(Exception):
+    """A response body went past the reader's limit (`read_capped`)."""
 
-    Timeouts and broken connections propagate as aiohttp raises them; the caller maps them."""
-    limit = options.max_response_bytes
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of `resp`, or `BodyTooLarge` (the connection closed) as soon as it is
+    known to exceed `limit` bytes: by its Content-Length, or as the bytes arrive."""
     length = resp.content_length
     if length is not None and length > limit:
         resp.close()
-        raise too_large(who, limit, "max_response_bytes", f"a {length}-byte response")
+        raise BodyTooLarge(f"a {length}-byte response")
     pieces: list[bytes] = []
     size = 0
     content = resp.content
@@ -97,9 +99,19 @@ async def read_body(resp: aiohttp.ClientResponse, options: UpstreamOptions, who:
         size += len(piece)
         if size > limit:
             resp.close()
-            raise too_large(who, limit, "max_response_bytes", "a response")
+            raise BodyTooLarge("a response")
     # Usually one piece (a small answer): no copy at all.
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+async def read_body(resp: aiohttp.ClientResponse, options: UpstreamOptions, who: str) -> bytes:
+    """The whole body of `resp`, refusing one larger than `options.max_response_bytes`.
+
+    Timeouts and broken connections propagate as aiohttp raises them; the caller maps them."""
+    try:
+        return await read_capped(resp, options.max_response_bytes)
+    except BodyTooLarge as exc:
+        raise too_large(who, options.max_response_bytes, "max_response_bytes", str(exc)) from None
 
 
 def too_large(who: str, limit: int, setting: str, what: str) -> UpstreamError:

@@ -36,12 +36,12 @@ from keel.grounding.tools.base import (
     ToolOptions,
     function_definition,
 )
+from keel.providers.upstream import BodyTooLarge, read_capped
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _SNIPPET = 500
 _DEFAULT_PORTS = (80, 443)
-_READ_CHUNK = 64 * 1024
 
 
 class HTTPOptions(ToolOptions):
@@ -146,7 +146,7 @@ class HTTPTool:
             url = url.extend_query(query_params(rest))
         try:
             async with self._session.request(self.options.method, url, **kwargs) as response:
-                text = await read_capped(response, self.options.max_response_bytes, url.host)
+                text = await read_text(response, self.options.max_response_bytes, url.host)
                 if not 200 <= response.status < 300:
                     raise ToolError(f"HTTP {response.status} from {url.host}: {text[:_SNIPPET]}")
                 return text
@@ -166,17 +166,13 @@ class HTTPTool:
             raise ToolError(f"refused: {host}:{url.port} is not in this tool's allowed_hosts")
 
 
-async def read_capped(response: aiohttp.ClientResponse, limit: int, host: str | None) -> str:
+async def read_text(response: aiohttp.ClientResponse, limit: int, host: str | None) -> str:
     """The body as text, refused past `limit` bytes (by its Content-Length, or as it arrives)."""
-    too_long = ToolError(f"the response from {host} is over {limit} bytes "
-                         f"(the tool's max_response_bytes)")
-    if response.content_length is not None and response.content_length > limit:
-        raise too_long
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(_READ_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            raise too_long
+    try:
+        body = await read_capped(response, limit)
+    except BodyTooLarge:
+        raise ToolError(f"the response from {host} is over {limit} bytes "
+                        f"(the tool's max_response_bytes)") from None
     try:
         return body.decode(response.charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
