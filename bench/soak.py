@@ -93,14 +93,13 @@ KINDS = (  # (name, share, body)
 
 
 def keel_child(config_path: str, port: int) -> None:
-    """Keel as `keel serve` runs it, plus a stats route that only the benchmark has."""
+    """`keel serve`'s own code (`keel.api.server.serve`), plus a stats route only the benchmark
+    has."""
     import uvloop
     from aiohttp import web
 
-    from keel.api.app import create_app
-    from keel.api.server import settle_runtime
+    from keel.api.server import serve
     from keel.config import load_config
-    from keel.gateway import Gateway
 
     # Cyclic-GC collections per generation, what they freed and how long they held the GIL:
     # garbage left to the GC (reference cycles) shows here, and its pauses in the p99.
@@ -121,11 +120,7 @@ def keel_child(config_path: str, port: int) -> None:
 
     gc.callbacks.append(on_gc)
 
-    async def serve() -> None:
-        config = load_config(config_path)
-        gateway = Gateway(config)
-        app = create_app(gateway)
-
+    def add_stats(app: web.Application, gateway) -> None:
         async def stats(request: web.Request) -> web.Response:
             recorder = gateway.recorder
             if request.query.get("reset_gc"):  # start-up's own collections are not the soak's
@@ -140,20 +135,10 @@ def keel_child(config_path: str, port: int) -> None:
             })
 
         app.router.add_get(STATS_PATH, stats)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-        settle_runtime()  # as `keel serve` does once started
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
 
-    uvloop.run(serve())
+    config = load_config(config_path)
+    config.server.host, config.server.port = "127.0.0.1", port
+    uvloop.run(serve(config, announce=lambda line: None, extend=add_stats))
 
 
 # -- the load ------------------------------------------------------------------------------------

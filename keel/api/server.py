@@ -29,9 +29,17 @@ def run(config: KeelConfig, announce: Callable[[str], None] = print) -> None:
         uvloop.run(serve(config, announce))
 
 
-async def serve(config: KeelConfig, announce: Callable[[str], None] = print) -> None:
+async def serve(
+    config: KeelConfig,
+    announce: Callable[[str], None] = print,
+    extend: Callable[[web.Application, Gateway], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM. `extend(app, gateway)`, if given, adds to the app before
+    it starts (bench/soak.py adds a stats route, so it measures this very code)."""
     gateway = Gateway(config)
     app = create_app(gateway)
+    if extend is not None:
+        extend(app, gateway)
     # handler_cancellation: a client that disconnects cancels its handler, which stops its
     # generation on the embedded engine instead of computing an answer nobody reads.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
