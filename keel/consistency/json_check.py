@@ -40,7 +40,7 @@ def problem_with(content: str | None, schema: dict | None) -> str | None:
         error = next(iter(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
                           .iter_errors(value)), None)
     except (Unresolvable, RecursionError) as exc:
-        # The request edge (`keel.consistency.schemas`) refuses such schemas; one that still
+        # The request edge (`keel.pipeline.schemas`) refuses such schemas; one that still
         # gets here (a $ref loop) is the client's, and says so rather than failing as a bug.
         why = "recurses without end" if isinstance(exc, RecursionError) else f"has {exc}"
         raise InvalidRequest(f"the JSON schema {why}", param=SCHEMA_PARAM) from None

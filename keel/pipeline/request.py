@@ -13,7 +13,7 @@ import msgspec
 import orjson
 from msgspec import Meta, Struct
 
-from keel.consistency.schemas import check_request_schemas
+from keel.pipeline.schemas import check_request_schemas
 from keel.errors import InvalidRequest
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
