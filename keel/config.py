@@ -44,12 +44,69 @@ class StoreConfig(Strict):
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under state_dir")
 
 
+class OTLPConfig(Strict):
+    """Export every trace as OpenTelemetry spans over OTLP/HTTP (docs/opentelemetry.md)."""
+
+    endpoint: str = Field(description="the collector's traces URL, e.g. http://otel:4318/v1/traces")
+    headers: dict[str, str] = Field(default_factory=dict, description="e.g. an auth header")
+    service_name: str = "keel"
+    timeout_s: float = Field(10.0, gt=0)
+
+
 class TracingConfig(Strict):
     enabled: bool = True
     record_bodies: bool = True
     buffer_size: int = Field(10_000, gt=0)
     batch_size: int = Field(500, gt=0)
     flush_interval_s: float = Field(0.25, gt=0)
+    retention_days: float | None = Field(None, gt=0, description="prune older traces; None: keep")
+    max_traces: int | None = Field(None, gt=0, description="keep at most this many, newest first")
+    prune_interval_s: float = Field(600.0, gt=0, description="how often the background prune runs")
+    otlp: OTLPConfig | None = None
+
+
+class AuthConfig(Strict):
+    """Present (or KEEL_ADMIN_KEY set): every route needs a key, loopback included."""
+
+    admin_key: str | None = Field(None, description="an ${ENV} reference; default $KEEL_ADMIN_KEY")
+    refresh_interval_s: float = Field(
+        1.0, gt=0, description="how soon a key revoked elsewhere (CLI, replica) is refused")
+
+
+class StateConfig(Strict):
+    """Where counters shared by replicas live (rate limits, budgets): this process's memory, or
+    Redis when several replicas run."""
+
+    redis_url: str | None = Field(None, description="redis://host:6379/0; None: in-process")
+    on_error: Literal["open", "closed"] = Field(
+        "open", description="Redis away: admit requests (open) or refuse them 503 (closed)")
+    timeout_s: float = Field(0.25, gt=0, description="each Redis call's limit")
+    prefix: str = "keel:"
+
+
+Period = Literal["day", "month"]
+
+
+class RateLimitConfig(Strict):
+    """Requests and tokens per minute for one model on this deployment, all callers together."""
+
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+
+
+class BudgetConfig(Strict):
+    budget_usd: float = Field(gt=0)
+    period: Period = "month"
+
+
+class LimitsConfig(Strict):
+    """Budgets shared by every key whose metadata names the team (`--metadata team=NAME`)."""
+
+    teams: dict[str, BudgetConfig] = Field(default_factory=dict)
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
 
 
 class ProviderConfig(BaseModel):
@@ -151,6 +208,7 @@ class ModelConfig(Strict):
     knowledge: dict[str, Any] | None = Field(None, description="options of the knowledge layer")
     tools: list[str] | dict[str, Any] | None = Field(None, description="tools Keel runs for it")
     pricing: PricingConfig | None = None
+    limits: RateLimitConfig | None = None
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
     _grounding: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
@@ -194,6 +252,10 @@ class KeelConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    auth: AuthConfig | None = None
+    state: StateConfig = Field(default_factory=StateConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     embedders: dict[str, EmbedderConfig] = Field(default_factory=dict)
@@ -226,6 +288,16 @@ class KeelConfig(Strict):
     def embedder_configs(self) -> dict[str, EmbedderConfig]:
         """The configured embedders, plus the embedded default `minilm` unless redefined."""
         return {"minilm": EmbedderConfig(kind="local"), **self.embedders}
+
+    def auth_settings(self) -> AuthConfig | None:
+        """Auth as configured: the `auth:` section, or KEEL_ADMIN_KEY alone; None: auth off.
+        The admin key falls back to $KEEL_ADMIN_KEY when the section names none."""
+        env_key = os.environ.get("KEEL_ADMIN_KEY") or None
+        if self.auth is None:
+            return AuthConfig(admin_key=env_key) if env_key else None
+        if self.auth.admin_key is None and env_key:
+            return self.auth.model_copy(update={"admin_key": env_key})
+        return self.auth
 
     def database_url(self) -> str:
         if self.store.url:

@@ -6,6 +6,11 @@
     │   ├── UnsupportedParameter   a parameter the chosen provider cannot honour
     │   ├── ModelNotFound    404   unknown public model name
     │   └── PayloadTooLarge  413   body over `server.max_body_bytes`
+    ├── AuthenticationError  401   no API key, or one Keel does not know (revoked, expired)
+    ├── PermissionDenied     403   a key used for a model or a surface outside its scopes
+    ├── RateLimited          429   a key's or a model's requests/tokens per minute spent
+    ├── QuotaExceeded        429   a key's or a team's budget for the period spent
+    ├── ServiceUnavailable   503   shared state (Redis) away while limits fail closed
     ├── NotFound             404   an unknown route or resource
     ├── UpstreamError        502   the provider failed (5xx, refused connection, bad answer)
     │   ├── UpstreamRateLimited 429  passes the upstream's Retry-After on
@@ -86,6 +91,51 @@ class ModelNotFound(InvalidRequest):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "request_too_large"
+
+
+class AuthenticationError(KeelError):
+    """As OpenAI answers a missing or wrong key: 401 `invalid_api_key`."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(KeelError):
+    """A valid key asking for what its scopes leave out (a model, a surface)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RateLimited(KeelError):
+    """A requests- or tokens-per-minute limit reached; `headers` carry `Retry-After`. OpenAI's
+    `type` says which limit: "requests" or "tokens"."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, *, limit_type: str = "requests", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.type = limit_type
+
+
+class QuotaExceeded(KeelError):
+    """A budget spent for its period: OpenAI's 429 `insufficient_quota` (not worth retrying)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class ServiceUnavailable(KeelError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+    retryable = True
 
 
 class NotFound(KeelError):

@@ -34,6 +34,13 @@ class Gateway:
         self.layers: list = []
         self.routes = self._build_routes()
         self.recorder = None
+        self.limiter = None  # keel.ops.limits.Limiter, from start()
+        self.keys = None  # keel.ops.key_cache.KeyCache when auth is on, from start()
+        self.pruner = None  # keel.ops.retention.Pruner when a retention policy is set
+        self.otel = None  # keel.ops.otel.OTelExporter when tracing.otlp is set
+        # What sees every finished trace besides the store (metrics, OpenTelemetry, the limits'
+        # settlement): each is called on the event loop and must neither block nor raise.
+        self.sinks: list = []
         self.ready = False
 
     def _build_routes(self) -> dict[str, Route]:
@@ -53,6 +60,7 @@ class Gateway:
                 created=created,
                 owned_by=spec.provider,
                 pricing=spec.pricing,
+                limits=spec.limits,
             )
         return routes
 
@@ -128,15 +136,53 @@ class Gateway:
             trace.finish(trace.status or status)
             self.record(trace)
 
+    async def admit(self, principal, trace: Trace, model: str, limits=None) -> dict[str, str]:
+        """Before a model call: the key may use `model` (else 403), and its limits, the team's
+        budget and the model's own limits (`models.X.limits`) admit one more request (else
+        429). Returns the `x-ratelimit-*` headers for the response."""
+        from keel.ops.principal import authorize_model
+
+        authorize_model(principal, model)
+        trace.key_id = principal.key_id
+        if principal.key_id is not None:
+            trace.key_metadata = principal.metadata or None
+        if self.limiter is None:
+            return {}
+        return await self.limiter.admit(principal, trace, model, limits)
+
     def _layer(self, spec: LayerSpec):
         return make_layer(spec.name, spec.typed, self.runtime)
 
     async def start(self) -> None:
-        if self.config.tracing.enabled:
+        config = self.config
+        if config.tracing.enabled:
             from keel.ops.traces import TraceRecorder
 
-            self.recorder = TraceRecorder(self.runtime.store, self.config.tracing)
+            self.recorder = TraceRecorder(self.runtime.store, config.tracing)
             self.recorder.start()
+            if config.tracing.retention_days or config.tracing.max_traces:
+                from keel.ops.retention import Pruner
+
+                self.pruner = Pruner(self.runtime.store, config.tracing).start()
+        if config.metrics.enabled:
+            metrics = self.runtime.metrics
+            metrics.watch_recorder(lambda: self.recorder)
+            self.sinks.append(metrics.observe)
+        if config.tracing.otlp is not None:
+            from keel.ops.otel import OTelExporter
+
+            self.otel = OTelExporter(config.tracing.otlp)
+            self.sinks.append(self.otel.export)
+        from keel.ops.limits import Limiter
+
+        self.limiter = Limiter(config, self.runtime)
+        await self.limiter.start()
+        self.sinks.append(self.limiter.settle)
+        if config.auth_settings() is not None:
+            from keel.ops.key_cache import KeyCache
+
+            self.keys = KeyCache(self.runtime.store, config.auth_settings())
+            await self.keys.start()
         for provider in self.providers.values():
             await provider.start()
         for layer in self.layers:
@@ -159,12 +205,31 @@ class Gateway:
                 await provider.aclose()
             except Exception:  # closing one must not stop the others, nor the trace flush
                 log.exception("closing a provider failed")
+        for part in (self.keys, self.limiter):
+            if part is not None:
+                try:
+                    await part.aclose()
+                except Exception:
+                    log.exception("closing %s failed", type(part).__name__)
+        if self.pruner is not None:
+            await asyncio.to_thread(self.pruner.close)
         if self.recorder is not None:
             # Flushing waits on the database: keep the event loop free meanwhile.
             await asyncio.to_thread(self.recorder.close)
+        if self.otel is not None:
+            await asyncio.to_thread(self.otel.shutdown)
         await self.runtime.aclose()
 
     def record(self, trace) -> None:
+        if trace.cost_usd is None and trace.prompt_tokens is not None:
+            route = self.routes.get(trace.model) if trace.provider is not None else None
+            if route is not None and route.pricing is not None:
+                trace.cost_usd = route.pricing.cost(trace.prompt_tokens, trace.completion_tokens)
+        for sink in self.sinks:
+            try:
+                sink(trace)
+            except Exception:  # one broken sink must not lose the trace or fail the request
+                log.exception("trace sink %r failed on trace %s", sink, trace.id)
         if self.recorder is not None:
             self.recorder.submit(trace)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from keel.api import embeddings, feedback, knowledge, openapi
+from keel.api import embeddings, feedback, keys, knowledge, metrics, openapi
 from keel.api.appkeys import GATEWAY
+from keel.api.auth import authenticate
 from keel.api.chat import chat_completions
 from keel.api.errors import openai_errors
 from keel.api.models import get_model, healthz, list_models, readyz
@@ -14,8 +15,10 @@ from keel.gateway import Gateway
 
 def create_app(gateway: Gateway) -> web.Application:
     # aiohttp enforces the body limit while reading; keel.api.body turns it into an OpenAI 413.
+    # Errors wrap auth, so a refused key is answered in the OpenAI shape too.
     app = web.Application(
-        client_max_size=gateway.config.server.max_body_bytes, middlewares=[openai_errors]
+        client_max_size=gateway.config.server.max_body_bytes,
+        middlewares=[openai_errors, authenticate],
     )
     app[GATEWAY] = gateway
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -26,6 +29,8 @@ def create_app(gateway: Gateway) -> web.Application:
     embeddings.add_routes(app)
     knowledge.add_routes(app)
     feedback.add_routes(app)
+    keys.add_routes(app)
+    metrics.add_routes(app)
     openapi.add_routes(app)
 
     async def start(app: web.Application) -> None:

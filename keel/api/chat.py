@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from keel.api.auth import principal_of
 from keel.api.body import read_json
 from keel.api.sse import stream_completion
 from keel.api.traced import traced
@@ -21,6 +22,8 @@ async def _complete(request: web.Request, gateway: Gateway, trace: Trace) -> web
     if gateway.config.tracing.record_bodies and isinstance(body, dict):
         trace.request = dict(body)  # the client's request, before layers change it
     ctx = gateway.context_for(body, trace, request.headers)
+    ctx.response_headers.update(
+        await gateway.admit(principal_of(request), trace, ctx.route.name, ctx.route.limits))
     if ctx.stream:
         return await stream_completion(request, ctx, _headers(ctx))
     result = await ctx.route.handler(ctx)
@@ -29,8 +32,8 @@ async def _complete(request: web.Request, gateway: Gateway, trace: Trace) -> web
     trace.system_fingerprint = result.get("system_fingerprint")
     headers = _headers(ctx)
     if ctx.route.pricing is not None:
-        cost = ctx.route.pricing.cost(trace.prompt_tokens, trace.completion_tokens)
-        headers["x-keel-cost-usd"] = f"{cost:.8f}"
+        trace.cost_usd = ctx.route.pricing.cost(trace.prompt_tokens, trace.completion_tokens)
+        headers["x-keel-cost-usd"] = f"{trace.cost_usd:.8f}"
     return web.Response(body=orjson.dumps(result), content_type="application/json",
                         headers=headers)
 

@@ -319,6 +319,12 @@ def trace_row(trace: Trace, record_bodies: bool = True) -> dict[str, Any]:
         "error": trace.error if record_bodies else redact_error(trace.error),
         "spans": [span.to_dict() if record_bodies else redact_span(span.to_dict())
                   for span in trace.spans],
+        "key_id": trace.key_id,
+        "key_metadata": trace.key_metadata,
+        # The end user's id is the client's own label, not content: kept with bodies off too.
+        "end_user": _clip(trace.user),
+        "session_id": _clip(trace.session_id),
+        "cost_usd": trace.cost_usd,
     }
 
 

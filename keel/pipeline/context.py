@@ -25,6 +25,7 @@ class Route:
     owned_by: str = "keel"
     pricing: Any = None  # keel.config.PricingConfig, when the model's price is configured
     layers: list = field(default_factory=list)  # the layers of `handler`, first first
+    limits: Any = None  # keel.config.RateLimitConfig: this model's rpm/tpm on this deployment
 
 
 @dataclass(slots=True)

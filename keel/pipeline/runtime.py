@@ -18,6 +18,8 @@ class Runtime:
         # registry: one MCP server process for every model that offers its tools).
         self.shared: dict[str, Any] = {}
         self._store = None
+        self._state = None
+        self._metrics = None
         if embedder_factory is None:
             from functools import partial
 
@@ -37,6 +39,25 @@ class Runtime:
             self._store = open_store(self.database_url)
         return self._store
 
+    @property
+    def state(self):
+        """State shared with the other replicas (keel.state): rate-limit buckets, counters."""
+        if self._state is None:
+            from keel.state import open_state
+
+            self._state = open_state(self.config.state)
+        return self._state
+
+    @property
+    def metrics(self):
+        """The process's Prometheus metrics (keel.ops.metrics.Metrics); layers register their
+        own counters on it (`metrics.counter(...)`) when they start."""
+        if self._metrics is None:
+            from keel.ops.metrics import Metrics
+
+            self._metrics = Metrics()
+        return self._metrics
+
     async def embedder(self, name: str):
         """A started embedder by its name in keel.yaml (`embedders:`), loaded on first use."""
         embedder = self._embedders.get(name)
@@ -54,6 +75,9 @@ class Runtime:
         for embedder in self._embedders.values():
             await embedder.aclose()
         self._embedders.clear()
+        if self._state is not None:
+            await self._state.aclose()
+            self._state = None
         if self._store is not None:
             self._store.close()
             self._store = None

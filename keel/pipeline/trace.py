@@ -73,6 +73,14 @@ class Trace:
     response: Any = None
     error: dict | None = None
     spans: list[Span] = field(default_factory=list)
+    # Who asked (keel.api.auth): the key's id and metadata, never its secret.
+    key_id: str | None = None
+    key_metadata: dict | None = None
+    user: str | None = None  # the request's `user` field
+    session_id: str | None = None  # x-keel-session-id
+    cost_usd: float | None = None  # from the route's pricing, once usage is known
+    traceparent: str | None = None  # the caller's W3C trace context, for OpenTelemetry
+    admission: Any = None  # keel.ops.limits.Admission: what to settle when the request ends
     _depth: int = 0
 
     def span(self, name: str) -> Span:

@@ -35,8 +35,17 @@ traces = sa.Table(
     sa.Column("response", Json),
     sa.Column("error", Json),
     sa.Column("spans", Json),
+    # Who asked (migration 0005_llmops): the virtual key's id and metadata (never its secret),
+    # the end user (`user` field) and the caller's session (`x-keel-session-id`).
+    sa.Column("key_id", sa.String(32)),
+    sa.Column("key_metadata", Json),
+    sa.Column("end_user", sa.String(200), comment="the request's `user` field"),
+    sa.Column("session_id", sa.String(200)),
+    sa.Column("cost_usd", sa.Double, comment="from the model's pricing; NULL when not priced"),
     sa.Index("ix_traces_created_at", "created_at"),
     sa.Index("ix_traces_model", "model"),
+    sa.Index("ix_traces_key_id", "key_id", "created_at"),
+    sa.Index("ix_traces_session_id", "session_id"),
 )
 
 # -- knowledge store (migration 0002_knowledge) ---------------------------------------------
@@ -201,4 +210,46 @@ feedback = sa.Table(
     sa.Column("metadata", Json),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Index("ix_feedback_trace_id", "trace_id"),
+)
+
+# -- LLMOps (migration 0005_llmops) ---------------------------------------------------------
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True, comment="key_<hex>: what traces and logs show"),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True,
+              comment="sha256 of the secret, hex; the secret itself is shown once, never stored"),
+    sa.Column("hint", sa.String(32), nullable=False, comment="sk-keel-…last4, to recognise it"),
+    sa.Column("models", Json, comment="allowed public model names; NULL: all"),
+    sa.Column("surfaces", Json, nullable=False, comment="allowed surfaces (keel.ops.principal)"),
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.Integer),
+    sa.Column("budget_usd", sa.Double),
+    sa.Column("period", sa.String(10), comment="day | month: the budget's period (UTC)"),
+    sa.Column("metadata", Json, comment="free-form labels, e.g. team"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("revoked_at", sa.Double),
+    sa.Column("updated_at", sa.Double, nullable=False,
+              comment="bumped on every change: replicas poll max(updated_at) to drop cached keys"),
+    sa.Index("ix_api_keys_updated_at", "updated_at"),
+)
+
+# Spend and tokens per UTC day, key, team and model; written with the traces (same batch), so
+# `keel usage` and budgets survive trace retention.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("day", sa.String(10), nullable=False, comment="YYYY-MM-DD, UTC"),
+    sa.Column("key_id", sa.String(32), nullable=False, comment="'' for requests without a key"),
+    sa.Column("team", sa.String(200), nullable=False, comment="the key's metadata team, or ''"),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Double, nullable=False),
+    sa.PrimaryKeyConstraint("day", "key_id", "team", "model", name="pk_usage_daily"),
 )

@@ -16,6 +16,7 @@ TRACE_COLUMNS = {
     "id", "created_at", "endpoint", "model", "provider", "upstream_model", "stream", "status",
     "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "total_tokens",
     "system_fingerprint", "request", "response", "error", "spans",
+    "key_id", "key_metadata", "end_user", "session_id", "cost_usd",
 }
 
 
@@ -25,7 +26,7 @@ def test_fresh_database_gets_the_traces_table_at_head(store):
     assert {c["name"] for c in inspector.get_columns("traces")} == TRACE_COLUMNS
     indexed = {tuple(ix["column_names"]) for ix in inspector.get_indexes("traces")}
     assert {("created_at",), ("model",)} <= indexed
-    assert current_revision(store.engine) == head_revision() == "0004_feedback_scale"
+    assert current_revision(store.engine) == head_revision() == "0005_llmops"
 
 
 def test_migrations_match_the_models(store):
