@@ -21,6 +21,8 @@ async def _complete(request: web.Request, gateway: Gateway, trace: Trace) -> web
     body = await read_json(request, gateway.config.server.max_body_bytes)
     if gateway.config.tracing.record_bodies and isinstance(body, dict):
         trace.request = dict(body)  # the client's request, before layers change it
+    if isinstance(body, dict) and isinstance(body.get("user"), str):
+        trace.user = body["user"]
     ctx = gateway.context_for(body, trace, request.headers)
     ctx.response_headers.update(
         await gateway.admit(principal_of(request), trace, ctx.route.name, ctx.route.limits))

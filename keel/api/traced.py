@@ -20,6 +20,9 @@ async def traced(request: web.Request, endpoint: str, work: Work) -> web.StreamR
     records the trace either way (a cancelled request, the client gone, propagates)."""
     gateway = request.app[GATEWAY]
     trace = Trace(endpoint=endpoint)
+    headers = request.headers
+    trace.session_id = headers.get("x-keel-session-id")
+    trace.traceparent = headers.get("traceparent")
     try:
         with gateway.recording(trace):
             response = await work(request, gateway, trace)
