@@ -8,7 +8,13 @@ Keel adds; writes bench/results/overhead.json. Targets on 2 cores: <= 1 ms added
 concurrency 1, >= 1,500 req/s at concurrency 16, p99 at concurrency 16 within 2x the bare
 pass-through's.
 
-    python bench/overhead.py [--requests 4000] [--warmup 500] [--rounds 8]
+`--ops` adds Keel with LLMOps on, in the same rounds: auth (every request carries a virtual key,
+looked up and checked), the key's rate limits and budget and the model's own limits checked and
+settled, and Prometheus metrics (on in every Keel). `--ops memory` keeps the limits in the
+process; `--ops redis` also runs one with them in a `redis-server` it starts (Debian's package),
+which measures what Redis-backed limits add per request.
+
+    python bench/overhead.py [--requests 4000] [--warmup 500] [--rounds 8] [--ops memory|redis]
 """
 
 from __future__ import annotations
@@ -49,13 +55,25 @@ models:
 tracing: {{enabled: true}}
 """
 
+# The same Keel with LLMOps on: auth (KEEL_ADMIN_KEY in its environment), the model's own rate
+# limits, and (appended) the state section. The limits are far above what the bench sends, so
+# every request is checked and settled but none refused.
+OPS_CONFIG = KEEL_CONFIG.replace(
+    "models:\n  echo: {{provider: upstream, model: echo}}",
+    "models:\n  echo: {{provider: upstream, model: echo, limits: {{rpm: 100000000, "
+    "tpm: 1000000000}}, pricing: {{input: 0.15, output: 0.6}}}}",
+) + "auth: {{refresh_interval_s: 1.0}}\n"
+ADMIN_KEY = "bench-admin-key"
+
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-async def load(url: str, total: int, concurrency: int) -> tuple[list[float], float]:
+async def load(url: str, total: int, concurrency: int,
+               headers: dict | None = None) -> tuple[list[float], float]:
     """Send `total` requests from `concurrency` clients; their latencies and the elapsed time."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     latencies: list[float] = []
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -66,8 +84,7 @@ async def load(url: str, total: int, concurrency: int) -> tuple[list[float], flo
             while next_index < total:
                 next_index += 1
                 t0 = time.perf_counter()
-                async with session.post(url, data=BODY,
-                                        headers={"Content-Type": "application/json"}) as r:
+                async with session.post(url, data=BODY, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{url}: HTTP {r.status}")
@@ -89,20 +106,23 @@ def summarise(latencies: list[float], elapsed: float) -> dict:
             "rps": len(latencies) / elapsed, "n": len(latencies)}
 
 
-async def measure(targets: dict[str, str], requests: int, warmup: int, rounds: int) -> dict:
+async def measure(targets: dict[str, str], requests: int, warmup: int, rounds: int,
+                  headers: dict[str, dict] | None = None) -> dict:
     """Each cell's requests go in `rounds` slices, the targets taking turns (in a rotating
-    order), so a burst of load from elsewhere on the machine falls on all of them alike."""
+    order), so a burst of load from elsewhere on the machine falls on all of them alike.
+    `headers` maps a target to what its requests carry (an API key)."""
+    headers = headers or {}
     results: dict = {}
     names = list(targets)
     per_round = max(1, requests // rounds)
     for concurrency in (1, 16):
-        for url in targets.values():
-            await load(url, warmup, concurrency)
+        for name, url in targets.items():
+            await load(url, warmup, concurrency, headers.get(name))
         latencies = {name: [] for name in names}
         elapsed = dict.fromkeys(names, 0.0)
         for i in range(rounds):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                lat, secs = await load(targets[name], per_round, concurrency)
+                lat, secs = await load(targets[name], per_round, concurrency, headers.get(name))
                 latencies[name] += lat
                 elapsed[name] += secs
         results[concurrency] = {name: summarise(latencies[name], elapsed[name])
@@ -125,6 +145,9 @@ def main() -> None:
                              "commit, say), in the same rounds, as 'keel (DIR)'")
     parser.add_argument("--rounds", type=int, default=8,
                         help="slices each cell's requests are sent in, the targets taking turns")
+    parser.add_argument("--ops", choices=["memory", "redis"], default=None,
+                        help="also measure Keel with auth, limits and budgets on: 'memory' "
+                             "(in-process limits), 'redis' (that and Redis-backed limits)")
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     up, keel, bare, other = free_port(), free_port(), free_port(), free_port()
@@ -143,6 +166,8 @@ def main() -> None:
         procs.append(subprocess.Popen(
             [py, "-m", "keel", "serve", "--config", "keel-other.yaml", "--port", str(other)],
             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    ops_targets = start_ops(opts.ops, workdir, up, procs) if opts.ops else {}
+    headers: dict[str, dict] = {}
     try:
         asyncio.run(wait_ready(f"http://127.0.0.1:{up}/v1/models"))
         asyncio.run(wait_ready(f"http://127.0.0.1:{keel}/readyz"))
@@ -156,7 +181,12 @@ def main() -> None:
         }
         if opts.compare_src:
             targets[f"keel ({opts.compare_src})"] = f"http://127.0.0.1:{other}/v1/chat/completions"
-        results = asyncio.run(measure(targets, opts.requests, opts.warmup, opts.rounds))
+        for name, port in ops_targets.items():
+            asyncio.run(wait_ready(f"http://127.0.0.1:{port}/readyz"))
+            secret = asyncio.run(create_key(f"http://127.0.0.1:{port}/v1/keys"))
+            targets[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            headers[name] = {"Authorization": f"Bearer {secret}"}
+        results = asyncio.run(measure(targets, opts.requests, opts.warmup, opts.rounds, headers))
         time.sleep(1)  # let the trace writer catch up before reading its counters
         results["keel_traces"] = asyncio.run(trace_stats(f"http://127.0.0.1:{keel}/readyz"))
     finally:
@@ -165,6 +195,40 @@ def main() -> None:
         for p in procs:
             p.wait(timeout=20)
     report(results, opts)
+
+
+def start_ops(mode: str, workdir: Path, upstream: int, procs: list) -> dict[str, int]:
+    """Start Keel with LLMOps on (and Redis for `redis`); their names and ports."""
+    py = sys.executable
+    env = dict(os.environ, KEEL_ADMIN_KEY=ADMIN_KEY)
+    configs = {"keel +ops": ""}
+    if mode == "redis":
+        redis_port = free_port()
+        procs.append(start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no"], workdir))
+        configs["keel +ops (redis)"] = f'state: {{redis_url: "redis://127.0.0.1:{redis_port}/0"}}\n'
+    ports = {}
+    for i, (name, extra) in enumerate(configs.items()):
+        config = workdir / f"keel-ops-{i}.yaml"
+        config.write_text(OPS_CONFIG.format(state=workdir / f"state-ops-{i}", upstream=upstream)
+                          + extra)
+        ports[name] = free_port()
+        procs.append(subprocess.Popen(
+            [py, "-m", "keel", "serve", "--config", config.name, "--port", str(ports[name])],
+            cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    return ports
+
+
+async def create_key(url: str) -> str:
+    """A key whose limits and budget are checked on every request but never reached."""
+    body = {"name": "bench", "rpm": 100_000_000, "tpm": 1_000_000_000, "budget_usd": 1e9,
+            "period": "month", "metadata": {"team": "bench"}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body,
+                                headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating the bench key: HTTP {r.status} {await r.text()}")
+            return (await r.json())["secret"]
 
 
 def report(results: dict, opts) -> None:
@@ -190,6 +254,17 @@ def report(results: dict, opts) -> None:
         "traces": traces,
         "targets": {"added_p50_ms_c1": 1.0, "keel_rps_c16": 1500, "p99_ratio_c16": 2.0},
     }
+    for name in [n for n in results[1] if n.startswith("keel +ops")]:
+        summary[name] = {
+            "added_p50_ms_c1": results[1][name]["p50_ms"] - results[1]["direct"]["p50_ms"],
+            "over_keel_p50_ms_c1": results[1][name]["p50_ms"] - keel1["p50_ms"],
+            "rps_c16": results[16][name]["rps"],
+            "p99_ms_c16": results[16][name]["p99_ms"],
+        }
+        print(f"{name}: adds {summary[name]['added_p50_ms_c1']:.3f} ms at p50 (c=1) over direct, "
+              f"{summary[name]['over_keel_p50_ms_c1']:+.3f} ms over plain Keel; "
+              f"{summary[name]['rps_c16']:.0f} req/s at c=16, p99 "
+              f"{summary[name]['p99_ms_c16']:.2f} ms.")
     print(f"Keel adds {summary['added_p50_ms_c1']:.3f} ms at p50 (c=1), target <= 1 ms; "
           f"serves {summary['keel_rps_c16']:.0f} req/s at c=16, target >= 1500; "
           f"p99 at c=16 {summary['keel_p99_ms_c16']:.2f} ms against the pass-through's "

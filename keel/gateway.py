@@ -171,7 +171,8 @@ class Gateway:
         if config.tracing.otlp is not None:
             from keel.ops.otel import OTelExporter
 
-            self.otel = OTelExporter(config.tracing.otlp)
+            self.otel = OTelExporter(
+                config.tracing.otlp, record_bodies=config.tracing.record_bodies)
             self.sinks.append(self.otel.export)
         from keel.ops.limits import Limiter
 

@@ -8,6 +8,8 @@ import socket
 
 import pytest
 
+from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures for every test)
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
+from keel.api.auth import principal_of
 from keel.api.body import read_json
 from keel.api.traced import traced
 from keel.embeddings.request import EmbeddingRequest, validate_embedding_request
@@ -47,6 +48,7 @@ async def _embed(request: web.Request, gateway, trace: Trace) -> web.Response:
         trace.request = body
     req = validate_embedding_request(body)
     trace.model = req.model
+    limit_headers = await gateway.admit(principal_of(request), trace, req.model)
     embedder = await gateway.runtime.embedder(req.model)
     trace.provider = embedder.kind
     trace.upstream_model = getattr(embedder, "upstream_model", None)
@@ -59,7 +61,8 @@ async def _embed(request: web.Request, gateway, trace: Trace) -> web.Response:
     return web.Response(
         body=_response(req, vectors, usage),
         content_type="application/json",
-        headers={"x-keel-trace-id": trace.id, "x-keel-provider": embedder.kind},
+        headers={"x-keel-trace-id": trace.id, "x-keel-provider": embedder.kind,
+                 **limit_headers},
     )
 
 

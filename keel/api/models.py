@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
+from keel.api.auth import principal_of
 from keel.api.embeddings import embedding_models
 from keel.api.errors import error_response
-from keel.errors import KeelError
+from keel.errors import ModelNotFound
 from keel.pipeline import Route
 
 
@@ -20,21 +23,24 @@ def _all_models(gateway) -> list[dict]:
     return [_model(r) for r in gateway.routes.values()] + embedding_models(gateway)
 
 
+def _visible_models(request: web.Request) -> list[dict]:
+    """The models the request's key may call (a key scoped to some models sees only those)."""
+    principal = principal_of(request)
+    return [m for m in _all_models(request.app[GATEWAY]) if principal.may_call(m["id"])]
+
+
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": _all_models(request.app[GATEWAY])})
+    return web.json_response({"object": "list", "data": _visible_models(request)})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
     model_id = request.match_info["model_id"]
-    for model in _all_models(gateway):
+    for model in _visible_models(request):  # another key's model is unknown to this one
         if model["id"] == model_id:
             return web.json_response(model)
-    try:
-        gateway.route(model_id)  # raises the OpenAI-shaped 404
-    except KeelError as exc:
-        return error_response(exc)
-    raise AssertionError("unreachable: the model was not in the list")
+    return error_response(ModelNotFound(
+        f"The model '{model_id}' does not exist or you do not have access to it.",
+        param="model"))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -49,5 +55,6 @@ async def readyz(request: web.Request) -> web.Response:
         "traces": recorder.stats() if recorder is not None else None,
         # Traces wait in a buffer while the store is away: ready still, but it shows here.
         "store": recorder.status() if recorder is not None else None,
+        "pid": os.getpid(),  # which of `keel serve --workers N`'s processes answered
     }
     return web.json_response(body, status=200 if gateway.ready else 503)

@@ -19,6 +19,8 @@ from aiohttp import web
 from keel import __version__
 from keel.embeddings.request import EmbeddingRequest
 from keel.grounding.knowledge.knowledge import MAX_TOP_K, MODES
+from keel.ops.keys import MAX_PER_MINUTE, PERIODS
+from keel.ops.principal import DEFAULT_SURFACES, SURFACES
 from keel.pipeline.request import ChatCompletionRequest
 
 _REF = "#/components/schemas/{name}"
@@ -51,9 +53,36 @@ def document() -> dict:
             "description": "An OpenAI-compatible gateway. Errors are always "
                            '{"error": {"message", "type", "param", "code"}}.',
         },
-        "paths": _paths(),
-        "components": {"schemas": _schemas()},
+        "paths": _secured(_paths()),
+        "components": {"schemas": _schemas(), "securitySchemes": _SECURITY_SCHEMES},
+        # Every route but the probes and this document, once auth is on (docs/auth.md).
+        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
     }
+
+
+_SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer",
+                   "description": "Authorization: Bearer KEEL_ADMIN_KEY or a virtual key"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "api-key",
+                     "description": "The same key, as Azure OpenAI clients send it"},
+}
+_PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json")
+
+
+def _secured(paths: dict) -> dict:
+    """The public paths opt out of the document's security; the others may answer 401 and 403."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if path in _PUBLIC_PATHS:
+                operation["security"] = []
+            else:
+                operation["responses"].setdefault("401", {
+                    "description": "No API key, or one Keel does not accept (invalid_api_key)",
+                    "content": _json(ref("Error"))})
+                operation["responses"].setdefault("403", {
+                    "description": "The key may not use this route or model",
+                    "content": _json(ref("Error"))})
+    return paths
 
 
 # -- paths --------------------------------------------------------------------------------------
@@ -93,6 +122,7 @@ def _path_param(name: str, description: str) -> dict:
 
 
 _COLLECTION = _path_param("collection", "The knowledge collection's name")
+_KEY_ID = _path_param("key_id", "The key's id (key_…), never its secret")
 
 
 def _paths() -> dict:
@@ -167,6 +197,40 @@ def _paths() -> dict:
                 "responses": {"200": _ok(_list_of(ref("Feedback"))), **_errors("400")},
             },
         },
+        # Virtual keys (docs/keys.md): the admin surface once auth is on.
+        "/v1/keys": {
+            "post": {
+                "operationId": "createKey",
+                "summary": "A new virtual key; its secret is in this answer only",
+                "requestBody": _body(ref("KeyRequest")),
+                "responses": {"201": _ok(ref("KeyWithSecret"), "Created"),
+                              **_errors("400", "413")},
+            },
+            "get": {
+                "operationId": "listKeys",
+                "summary": "Every key, revoked and expired ones included, without secrets",
+                "responses": {"200": _ok(_list_of(ref("Key")))},
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "get": {
+                "operationId": "retrieveKey",
+                "parameters": [_KEY_ID],
+                "responses": {"200": _ok(ref("Key")), **_errors("404")},
+            },
+            "delete": {
+                "operationId": "revokeKey",
+                "summary": "Revoke the key (it stays listed, status revoked)",
+                "parameters": [_KEY_ID],
+                "responses": {"200": _ok(ref("Key")), **_errors("404")},
+            },
+        },
+        "/v1/keys/{key_id}/rotate": {"post": {
+            "operationId": "rotateKey",
+            "summary": "A new secret for the key; the old one stops working",
+            "parameters": [_KEY_ID],
+            "responses": {"200": _ok(ref("KeyWithSecret")), **_errors("400", "404")},
+        }},
         "/healthz": {"get": {
             "operationId": "healthz",
             "responses": {"200": _ok({"type": "object", "required": ["status"],
@@ -177,6 +241,16 @@ def _paths() -> dict:
             "responses": {
                 "200": _ok(ref("Readiness"), "Ready"),
                 "503": {"description": "Still starting", "content": _json(ref("Readiness"))},
+            },
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (docs/metrics.md)",
+            "responses": {
+                "200": {"description": "The Prometheus text format (OpenMetrics on request)",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "404": {"description": "metrics.enabled is false",
+                        "content": _json(ref("Error"))},
             },
         }},
         "/openapi.json": {"get": {
@@ -219,6 +293,27 @@ _TOOL_CALL = {
         "type": {"const": "function"},
         "function": {"type": "object", "required": ["name", "arguments"],
                      "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}}},
+    },
+}
+_KEY = {
+    "type": "object",
+    "required": ["id", "object", "name", "hint", "status", "surfaces", "created_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "api_key"},
+        "name": {"type": "string"},
+        "hint": {"type": "string", "description": "the secret's last four characters"},
+        "status": {"enum": ["active", "revoked", "expired"]},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "surfaces": {"type": "array", "items": {"enum": list(SURFACES)}},
+        "rpm": {"type": ["integer", "null"]},
+        "tpm": {"type": ["integer", "null"]},
+        "budget_usd": {"type": ["number", "null"]},
+        "period": {"enum": [*PERIODS, None]},
+        "metadata": {"type": "object"},
+        "created_at": {"type": "number"},
+        "expires_at": {"type": ["number", "null"]},
+        "revoked_at": {"type": ["number", "null"]},
     },
 }
 _FINISH_REASONS = ["stop", "length", "tool_calls", "content_filter", "function_call"]
@@ -350,6 +445,37 @@ _RESPONSES: dict[str, Any] = {
     },
     "Feedback": {"type": "object", "required": ["trace_id", "score"],
                  "properties": {"trace_id": {"type": "string"}, "score": {"type": "integer"}}},
+    "KeyRequest": {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"},
+            "models": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1},
+                       "description": "public model names; null: every model"},
+            "surfaces": {"type": ["array", "null"], "minItems": 1,
+                         "items": {"enum": list(SURFACES)},
+                         "description": f"default: {', '.join(DEFAULT_SURFACES)}"},
+            "rpm": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_PER_MINUTE},
+            "tpm": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_PER_MINUTE},
+            "budget_usd": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                           "description": "spend allowed per period"},
+            "period": {"enum": [*PERIODS, None],
+                       "description": "the budget's period (default month); only with budget_usd"},
+            "expires": {"type": ["string", "null"],
+                        "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[smhdwSMHDW]\s*$",
+                        "description": "a duration: 90m, 12h, 30d, 2w"},
+            "metadata": {"type": ["object", "null"],
+                         "description": "recorded on each trace; team also shares its budget"},
+        },
+    },
+    "Key": _KEY,
+    "KeyWithSecret": {
+        **_KEY,
+        "required": [*_KEY["required"], "secret"],
+        "properties": {**_KEY["properties"], "secret": {
+            "type": "string", "description": "shown once: store it now"}},
+    },
     "Readiness": {
         "type": "object",
         "required": ["status", "traces"],

@@ -20,22 +20,25 @@ SWITCH_INTERVAL_S = 0.001
 GC_GEN0_THRESHOLD = 10_000
 
 
-def run(config: KeelConfig, announce: Callable[[str], None] = print) -> None:
+def run(config: KeelConfig, announce: Callable[[str], None] = print,
+        reuse_port: bool = False) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
-        asyncio.run(serve(config, announce))
+        asyncio.run(serve(config, announce, reuse_port=reuse_port))
     else:
-        uvloop.run(serve(config, announce))
+        uvloop.run(serve(config, announce, reuse_port=reuse_port))
 
 
 async def serve(
     config: KeelConfig,
     announce: Callable[[str], None] = print,
     extend: Callable[[web.Application, Gateway], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM. `extend(app, gateway)`, if given, adds to the app before
-    it starts (bench/soak.py adds a stats route, so it measures this very code)."""
+    it starts (bench/soak.py adds a stats route, so it measures this very code). `reuse_port`:
+    SO_REUSEPORT, so the workers of `keel serve --workers N` share one port (keel.api.workers)."""
     gateway = Gateway(config)
     app = create_app(gateway)
     if extend is not None:
@@ -44,7 +47,8 @@ async def serve(
     # generation on the embedded engine instead of computing an answer nobody reads.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+    site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024,
+                       reuse_port=reuse_port or None)
     await site.start()
     settle_runtime()
     stop = asyncio.Event()

@@ -30,11 +30,14 @@ def cli() -> None:
 def _register() -> None:
     from keel.cli.evals import eval_group
     from keel.cli.fake_upstream import fake_upstream
+    from keel.cli.keys import keys
     from keel.cli.knowledge import collections, ingest, search
     from keel.cli.serve import serve
     from keel.cli.traces import traces
+    from keel.cli.usage import usage
 
-    for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream):
+    for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream,
+                    keys, usage):
         cli.add_command(command)
 
 

@@ -18,6 +18,7 @@ running servers poll to drop their cached keys (keel.ops.key_cache).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -37,6 +38,8 @@ SECRET_PREFIX = "sk-keel-"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 PERIODS = ("day", "month")
+# rpm and tpm are INTEGER columns: a larger number would be a database error, not a 400.
+MAX_PER_MINUTE = 2**31 - 1
 
 
 class KeyNotFound(NotFound):
@@ -116,7 +119,7 @@ def new_secret() -> str:
 def parse_duration(text: str, field_name: str = "expires") -> float:
     """Seconds in `text` like 30d, 12h, 2w or 90m."""
     match = _DURATION.fullmatch(str(text).strip().lower())
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) * _SECONDS[match.group(2)] < math.inf:
         raise InvalidRequest(
             f"{field_name}: expected a duration like 90m, 12h, 30d or 2w, got {text!r}",
             param=field_name)
@@ -147,16 +150,16 @@ class KeyStore:
                             metadata)
         secret = new_secret()
         now = time.time()
-        row = {
-            "id": f"key_{secrets.token_hex(8)}",
-            "secret_hash": hash_secret(secret),
-            "hint": f"{SECRET_PREFIX}…{secret[-4:]}",
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": now + expires_in_s if expires_in_s else None,
-            **values,
-        }
         with self.store.engine.begin() as conn:
+            row = {
+                "id": f"key_{secrets.token_hex(8)}",
+                "secret_hash": hash_secret(secret),
+                "hint": f"{SECRET_PREFIX}…{secret[-4:]}",
+                "created_at": now,
+                "updated_at": _stamp(conn, now),
+                "expires_at": now + expires_in_s if expires_in_s else None,
+                **values,
+            }
             conn.execute(api_keys.insert().values(**row))
         return _record({"revoked_at": None, **row}), secret
 
@@ -187,7 +190,8 @@ class KeyStore:
         now = time.time()
         with self.store.engine.begin() as conn:
             done = conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
-                revoked_at=sa.func.coalesce(api_keys.c.revoked_at, now), updated_at=now))
+                revoked_at=sa.func.coalesce(api_keys.c.revoked_at, now),
+                updated_at=_stamp(conn, now)))
         if done.rowcount == 0:
             raise KeyNotFound(f"no API key {key_id!r}", param="id")
         return self.get(key_id)
@@ -202,13 +206,21 @@ class KeyStore:
         with self.store.engine.begin() as conn:
             conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(
                 secret_hash=hash_secret(secret), hint=f"{SECRET_PREFIX}…{secret[-4:]}",
-                updated_at=time.time()))
+                updated_at=_stamp(conn, time.time())))
         return self.get(key_id), secret
 
     def version(self) -> float:
         """The newest change to any key (0.0 with none): unchanged means no cache is stale."""
         with self.store.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.max(api_keys.c.updated_at))).scalar() or 0.0
+
+
+def _stamp(conn, now: float) -> float:
+    """`updated_at` for a change: now, but always past the newest stamp so far, so `version()`
+    moves on every change even when this machine's clock is behind the one that wrote last (the
+    CLI on another host, a replica after an NTP step) or two changes share a clock tick."""
+    newest = conn.execute(sa.select(sa.func.max(api_keys.c.updated_at))).scalar()
+    return now if newest is None or now > newest else newest + 0.001
 
 
 def _validated(name, models, surfaces, rpm, tpm, budget_usd, period, expires_in_s, metadata):
@@ -227,19 +239,20 @@ def _validated(name, models, surfaces, rpm, tpm, budget_usd, period, expires_in_
                              f"{', '.join(SURFACES)})", param="surfaces")
     for field_name, value in (("rpm", rpm), ("tpm", tpm)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value <= 0):
-            raise InvalidRequest(f"{field_name}: expected a positive integer", param=field_name)
+                                  or not 0 < value <= MAX_PER_MINUTE):
+            raise InvalidRequest(f"{field_name}: expected a positive integer of at most "
+                                 f"{MAX_PER_MINUTE}", param=field_name)
     if budget_usd is not None:
         if isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float)) \
-                or not budget_usd > 0:
+                or not 0 < budget_usd < math.inf:
             raise InvalidRequest("budget_usd: expected a positive number", param="budget_usd")
         period = period or "month"
     if period is not None and period not in PERIODS:
         raise InvalidRequest("period: expected 'day' or 'month'", param="period")
     if period is not None and budget_usd is None:
         raise InvalidRequest("period: only with budget_usd", param="period")
-    if expires_in_s is not None and not (isinstance(expires_in_s, (int, float))
-                                         and expires_in_s > 0):
+    if expires_in_s is not None and (isinstance(expires_in_s, bool) or not (
+            isinstance(expires_in_s, (int, float)) and 0 < expires_in_s < math.inf)):
         raise InvalidRequest("expires: expected a positive duration", param="expires")
     if metadata is not None and (not isinstance(metadata, dict)
                                  or not all(isinstance(k, str) for k in metadata)):

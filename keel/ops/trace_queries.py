@@ -31,11 +31,18 @@ def list_traces(
     model: str | None = None,
     status: int | str | None = None,
     since: float | datetime | None = None,
+    *,
+    until: float | datetime | None = None,
+    key_id: str | None = None,
+    user: str | None = None,
+    session_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """The newest traces first.
 
     `status` is an HTTP status (200, "429") or a class: "ok" (below 400) or "error" (400 and up).
-    `since` is epoch seconds or a datetime.
+    `since` and `until` (epoch seconds or datetimes) bound when the request arrived: from
+    `since`, up to but not including `until`. `key_id` is a virtual key's id, `user` the
+    request's `user` field, `session_id` the caller's `x-keel-session-id`; each matches exactly.
     """
     query = sa.select(*SUMMARY_COLUMNS).order_by(traces.c.created_at.desc(), traces.c.id.desc())
     if model is not None:
@@ -44,6 +51,14 @@ def list_traces(
         query = query.where(_status_filter(status))
     if since is not None:
         query = query.where(traces.c.created_at >= _epoch(since))
+    if until is not None:
+        query = query.where(traces.c.created_at < _epoch(until))
+    if key_id is not None:
+        query = query.where(traces.c.key_id == key_id)
+    if user is not None:
+        query = query.where(traces.c.end_user == user)
+    if session_id is not None:
+        query = query.where(traces.c.session_id == session_id)
     with store.engine.connect() as conn:
         rows = conn.execute(query.limit(limit)).mappings().all()
     return [_plain(row) for row in rows]
@@ -91,5 +106,5 @@ def _status_filter(status: int | str) -> sa.ColumnElement[bool]:
         ) from None
 
 
-def _epoch(since: float | datetime) -> float:
-    return since.timestamp() if isinstance(since, datetime) else float(since)
+def _epoch(when: float | datetime) -> float:
+    return when.timestamp() if isinstance(when, datetime) else float(when)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from keel.ops.privacy import redact_error, redact_model, redact_span
+from keel.ops.usage import UsageRollup
 from keel.store.db import dumps_json
 from keel.store.models import traces as traces_table
 
@@ -69,6 +70,8 @@ class TraceRecorder:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._insert = _DriverInsert(store.engine.dialect)
+        # Spend and tokens per day, key and model, written in each batch's own transaction.
+        self._usage = UsageRollup(store.engine.dialect, self._insert.keys, self._insert.positional)
         self._engine = store.engine.execution_options(
             sqlite_busy_timeout_ms=WRITER_SQLITE_BUSY_TIMEOUT_MS)
         self._stop = threading.Event()  # interrupts a retry's backoff on close()
@@ -228,6 +231,7 @@ class TraceRecorder:
     def _insert_rows(self, rows: list) -> None:
         with self._engine.begin() as conn:
             conn.exec_driver_sql(self._insert.sql, rows)
+            self._usage.write(conn, rows)
         self.written += len(rows)
 
     def _count_failure(self, rows: list, exc: BaseException) -> None:

@@ -28,6 +28,7 @@ SERVED = [
     ("GET", "/healthz", "/healthz", None),
     ("GET", "/readyz", "/readyz", None),
     ("GET", "/openapi.json", "/openapi.json", None),
+    ("GET", "/metrics", "/metrics", None),
     ("POST", "/v1/embeddings", "/v1/embeddings", {"model": "fake", "input": "hello"}),
     ("GET", "/v1/knowledge", "/v1/knowledge", None),
     ("POST", "/v1/knowledge/{collection}/documents", "/v1/knowledge/help/documents",
@@ -38,6 +39,11 @@ SERVED = [
      "/v1/knowledge/help/documents/a", None),
     ("POST", "/v1/feedback", "/v1/feedback", {"trace_id": "0" * 24, "score": 1}),
     ("GET", "/v1/feedback", "/v1/feedback?trace_id=" + "0" * 24, None),
+    ("POST", "/v1/keys", "/v1/keys", {"name": "shapes"}),
+    ("GET", "/v1/keys", "/v1/keys", None),
+    ("GET", "/v1/keys/{key_id}", "/v1/keys/key_0", None),
+    ("DELETE", "/v1/keys/{key_id}", "/v1/keys/key_0", None),
+    ("POST", "/v1/keys/{key_id}/rotate", "/v1/keys/key_0/rotate", {}),
 ]
 ROUTES = [(method, path, body) for method, _, path, body in SERVED]
 POSTS = [path for method, path, _ in ROUTES if method == "POST"]
@@ -84,10 +90,11 @@ async def test_every_route_is_served(keel):
     session, _ = keel
     for method, path, body in ROUTES:
         status, _, raw = await call(session, method, path, json=body)
-        # the sample trace does not exist: feedback on it is a 404 by design
+        # the sample trace and key do not exist: feedback on the one and the other's own
+        # routes are a 404 by design
         assert status in (200, 201, 404), (method, path, raw)
         if status == 404:
-            assert path.startswith("/v1/feedback"), raw
+            assert path.startswith(("/v1/feedback", "/v1/keys/")), raw
 
 
 @pytest.mark.parametrize("path", POSTS)

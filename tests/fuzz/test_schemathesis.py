@@ -100,7 +100,9 @@ SERVED = {
     ("post", "/v1/knowledge/{collection}/documents"),
     ("delete", "/v1/knowledge/{collection}/documents/{doc_id}"),
     ("post", "/v1/feedback"), ("get", "/v1/feedback"), ("get", "/healthz"),
-    ("get", "/readyz"), ("get", "/openapi.json"),
+    ("get", "/readyz"), ("get", "/openapi.json"), ("get", "/metrics"),
+    ("post", "/v1/keys"), ("get", "/v1/keys"), ("get", "/v1/keys/{key_id}"),
+    ("delete", "/v1/keys/{key_id}"), ("post", "/v1/keys/{key_id}/rotate"),
 }
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
@@ -202,6 +204,9 @@ NEGATIVE = {op for op in SERVED if op[0] == "post"} | {("get", "/v1/feedback")}
 # Operations that random valid input answers 2xx on; a positive run that never gets there is
 # only testing the first check, so it fails.
 REACHES_2XX = SERVED - {("get", "/v1/models/{model_id}"), ("post", "/v1/feedback"),
+                        # a random key id is unknown: 404 key_not_found
+                        ("get", "/v1/keys/{key_id}"), ("delete", "/v1/keys/{key_id}"),
+                        ("post", "/v1/keys/{key_id}/rotate"),
                         ("delete", "/v1/knowledge/{collection}/documents/{doc_id}"),
                         ("post", "/v1/knowledge/{collection}/search")}
 CASES = sorted([(*op, GenerationMode.POSITIVE) for op in SERVED]

@@ -123,7 +123,9 @@ async def test_ann_search_through_the_knowledge_base_follows_the_version(runtime
              "metadata": {"even": i % 2 == 0}} for i in range(40)]
     await kb.add_documents("notes", docs)
     hits = await kb.search("notes", "harbor bricks", mode="vector", top_k=3)
-    assert hits[0].document_id == "d17"
+    # Approximate: the graph usearch builds on several threads differs from run to run, and
+    # under load the best match has come second (CI, 2026-12-01); it must be among the top 3.
+    assert "d17" in [h.document_id for h in hits]
     hits = await kb.search("notes", "harbor bricks", mode="hybrid", top_k=3, filters={"even": True})
     assert hits and all(int(h.document_id[1:]) % 2 == 0 for h in hits)
     (version, index), = kb._indexes._indexes.values()
