@@ -44,6 +44,15 @@ def keel_server(
             process.kill()
 
 
+def alive(pid: int) -> bool:
+    """Whether a process with this id still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _wait_for_listening(process: subprocess.Popen, timeout: float) -> str:
     # A thread keeps draining the server's output for its whole life: a blocking readline here
     # would ignore the deadline, and an unread pipe that fills up would block the server.

@@ -55,14 +55,19 @@ def _table(rows: list[dict], dims: tuple[str, ...]) -> Table:
     for name, heading in [("requests", "requests"), ("errors", "errors"),
                           ("prompt_tokens", "tokens in"), ("completion_tokens", "tokens out")]:
         table.add_column(heading, justify="right", footer=f"{totals[name]:,}")
-    table.add_column("cost US$", justify="right", footer=f"{totals['cost_usd']:.4f}")
+    table.add_column("cost US$", justify="right", footer=_dollars(totals["cost_usd"]))
     for row in rows:
         table.add_row(
             *[_label(row, dim) for dim in dims],
             f"{row['requests']:,}", f"{row['errors']:,}", f"{row['prompt_tokens']:,}",
-            f"{row['completion_tokens']:,}", f"{row['cost_usd']:.4f}",
+            f"{row['completion_tokens']:,}", _dollars(row["cost_usd"]),
         )
     return table
+
+
+def _dollars(amount: float) -> str:
+    # Cents hide what small models cost: $0.15 per million tokens is $0.00000015 a token.
+    return f"{amount:,.2f}" if amount >= 100 else f"{amount:.6f}"
 
 
 def _label(row: dict, dim: str) -> str:

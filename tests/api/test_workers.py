@@ -24,7 +24,7 @@ from keel.api.workers import Supervisor, check_workers
 from keel.config import BudgetConfig, LimitsConfig, RateLimitConfig, StateConfig
 from keel.errors import ConfigError
 from tests.api.conftest import fake_config
-from tests.servers import http
+from tests.servers import alive, http
 
 CONFIG = """
 state_dir: {state}
@@ -118,14 +118,6 @@ def pids_until(base_url: str, done, timeout: float = SEEN_TIMEOUT_S) -> set[int]
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.05)  # a connection that reached a worker as it was killed
     return seen
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def requests_counted(base_url: str) -> float:

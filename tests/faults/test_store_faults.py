@@ -180,7 +180,9 @@ class PrivatePostgres:
                        "unix_socket_directories = ''\nfsync = off\n")
 
     def _run(self, *args: str) -> None:
-        command = ["runuser", "-u", "postgres", "--", *args] if self.as_root else list(args)
+        # runuser lives in /usr/sbin, which a CI runner's PATH may leave out.
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        command = [runuser, "-u", "postgres", "--", *args] if self.as_root else list(args)
         # Output to a file, never a pipe: the server inherits it and would hold a pipe open.
         with open(self.base / "commands.log", "ab") as log:
             result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,

@@ -139,8 +139,8 @@ def test_usage_cli_table_and_json(store, db_url):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:3] == ["key", "model", "day"]
-    assert "key_b" in lines[1] and "0.5000" in lines[1]
-    assert lines[-1].split()[0] == "total" and lines[-1].split()[-1] == "0.5400"
+    assert "key_b" in lines[1] and "0.500000" in lines[1]
+    assert lines[-1].split()[0] == "total" and lines[-1].split()[-1] == "0.540000"
 
     result = runner.invoke(cli, ["usage", "--db", db_url, "--by", "team", "--json"])
     assert result.exit_code == 0, result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from keel.errors import ConfigError
 from keel.grounding.tools.base import ToolError
 from keel.grounding.tools.mcp import MCPOptions, MCPTool
+from tests.servers import alive
 
 import mcp  # noqa: E402,F401  (a test dependency: missing means a broken install, not a skip)
 
@@ -27,14 +27,6 @@ async def started(**options) -> MCPTool:
     tool = MCPTool("demo", MCPOptions(**options))
     await tool.start()
     return tool
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_lists_tools_calls_them_and_closes_the_server():
