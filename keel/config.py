@@ -209,19 +209,25 @@ class ModelConfig(Strict):
     tools: list[str] | dict[str, Any] | None = Field(None, description="tools Keel runs for it")
     pricing: PricingConfig | None = None
     limits: RateLimitConfig | None = None
+    guardrails: dict[str, Any] | None = Field(
+        None, description="options of the guardrails layer: input and output guards")
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
     _grounding: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
 
     def grounding_layers(self) -> list[tuple[str, LayerSpec]]:
-        """(field, layer) for `knowledge:` and `tools:`, in the order they run (the same specs
-        each time, so their typed options are validated once)."""
+        """(field, layer) for `guardrails:`, `knowledge:` and `tools:`, in the order they run
+        (the same specs each time, so their typed options are validated once). Guardrails come
+        first: input guards see the client's request before grounding adds to it, and output
+        guards see the final answer."""
         if self._grounding is None:
             self._grounding = self._make_grounding_layers()
         return self._grounding
 
     def _make_grounding_layers(self) -> list[tuple[str, LayerSpec]]:
         found = []
+        if self.guardrails is not None:
+            found.append(("guardrails", LayerSpec(name="guardrails", options=self.guardrails)))
         if self.knowledge is not None:
             found.append(("knowledge", LayerSpec(name="knowledge", options=self.knowledge)))
         if self.tools is not None:
