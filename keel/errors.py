@@ -5,14 +5,17 @@
     ├── InvalidRequest       400   the client's mistake, naming the field (`param`)
     │   ├── UnsupportedParameter   a parameter the chosen provider cannot honour
     │   ├── ModelNotFound    404   unknown public model name
-    │   └── PayloadTooLarge  413   body over `server.max_body_bytes`
+    │   ├── PayloadTooLarge  413   body over `server.max_body_bytes`
+    │   └── GuardrailBlocked 400   a guard blocked the request or the answer (`guardrail_blocked`)
     ├── AuthenticationError  401   no API key, or one Keel does not know (revoked, expired)
     ├── PermissionDenied     403   a key used for a model or a surface outside its scopes
     ├── RateLimited          429   a key's or a model's requests/tokens per minute spent
     ├── QuotaExceeded        429   a key's or a team's budget for the period spent
     ├── ServiceUnavailable   503   shared state (Redis) away while limits fail closed
+    │   └── GuardrailError   503   a guard failed and fails closed (`guardrail_error`)
     ├── NotFound             404   an unknown route or resource
     ├── UpstreamError        502   the provider failed (5xx, refused connection, bad answer)
+    │   ├── GuardrailRepairFailed 502  an answer still failing a repair guard after its attempts
     │   ├── UpstreamRateLimited 429  passes the upstream's Retry-After on
     │   └── UpstreamTimeout     504
     ├── InternalError        500   a bug in Keel: the message names the trace, the log has the rest
@@ -93,6 +96,12 @@ class PayloadTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class GuardrailBlocked(InvalidRequest):
+    """A guard blocked the request (or the answer); the message names the guard."""
+
+    code = "guardrail_blocked"
+
+
 class AuthenticationError(KeelError):
     """As OpenAI answers a missing or wrong key: 401 `invalid_api_key`."""
 
@@ -138,6 +147,13 @@ class ServiceUnavailable(KeelError):
     retryable = True
 
 
+class GuardrailError(ServiceUnavailable):
+    """A guard failed (a model it asks was down, a bug) and its `on_error` is "closed": the
+    request is refused rather than let through unchecked."""
+
+    code = "guardrail_error"
+
+
 class NotFound(KeelError):
     status = 404
     type = "invalid_request_error"
@@ -160,6 +176,13 @@ class UpstreamRateLimited(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class GuardrailRepairFailed(UpstreamError):
+    """The model's answer still fails a guard whose action is repair, after its attempts."""
+
+    code = "guardrail_repair_failed"
+    retryable = False
 
 
 class InternalError(KeelError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from keel.api import embeddings, feedback, keys, knowledge, metrics, openapi
+from keel.api import embeddings, feedback, keys, knowledge, metrics, moderations, openapi
 from keel.api.appkeys import GATEWAY
 from keel.api.auth import authenticate
 from keel.api.chat import chat_completions
@@ -27,6 +27,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     embeddings.add_routes(app)
+    moderations.add_routes(app)
     knowledge.add_routes(app)
     feedback.add_routes(app)
     keys.add_routes(app)

@@ -157,6 +157,12 @@ def _paths() -> dict:
             "responses": {"200": _ok(ref("EmbeddingList")),
                           **_errors("400", "404", "413", "429", "4XX", "502", "504")},
         }},
+        "/v1/moderations": {"post": {
+            "operationId": "createModeration",
+            "requestBody": _body(ref("ModerationRequest")),
+            "responses": {"200": _ok(ref("ModerationList")),
+                          **_errors("400", "404", "413", "429", "503")},
+        }},
         "/v1/knowledge": {"get": {
             "operationId": "listKnowledgeCollections",
             "responses": {"200": _ok(_list_of({"type": "object", "required": ["object"],
@@ -376,6 +382,33 @@ _RESPONSES: dict[str, Any] = {
                        "created": {"type": "integer"}, "owned_by": {"type": "string"}},
     },
     "ModelList": _list_of(ref("Model")),
+    "ModerationRequest": {
+        "type": "object", "required": ["input"],
+        "properties": {"input": {"anyOf": [
+            {"type": "string"},
+            {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"anyOf": [
+                {"type": "string"},
+                {"type": "object", "required": ["type", "text"],
+                 "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}]}}]},
+            "model": {"enum": ["keel-moderation", "omni-moderation-latest",
+                               "omni-moderation-2024-09-26", "text-moderation-latest",
+                               "text-moderation-stable"]}},
+    },
+    "ModerationList": {
+        "type": "object", "required": ["id", "model", "results"],
+        "properties": {"id": {"type": "string"}, "model": {"type": "string"},
+                       "results": {"type": "array", "items": {
+                           "type": "object",
+                           "required": ["flagged", "categories", "category_scores",
+                                        "category_applied_input_types"],
+                           "properties": {
+                               "flagged": {"type": "boolean"},
+                               "categories": {"type": "object",
+                                              "additionalProperties": {"type": "boolean"}},
+                               "category_scores": {"type": "object",
+                                                   "additionalProperties": {"type": "number"}},
+                               "category_applied_input_types": {"type": "object"}}}}},
+    },
     "EmbeddingList": _list_of(
         {"type": "object", "required": ["object", "index", "embedding"],
          "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},

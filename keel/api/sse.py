@@ -75,7 +75,8 @@ async def stream_completion(request: web.Request, ctx: Context, headers: dict) -
         await chunks.aclose()
         raise
     include_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-    response = web.StreamResponse(headers=headers)
+    # Layers may add headers while the stream is set up (the guardrails' verdicts on the input).
+    response = web.StreamResponse(headers={**headers, **ctx.response_headers})
     response.content_type = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"
     summary = StreamSummary()

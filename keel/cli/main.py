@@ -30,6 +30,7 @@ def cli() -> None:
 def _register() -> None:
     from keel.cli.evals import eval_group
     from keel.cli.fake_upstream import fake_upstream
+    from keel.cli.guard import guard_group
     from keel.cli.keys import keys
     from keel.cli.knowledge import collections, ingest, search
     from keel.cli.serve import serve
@@ -37,7 +38,7 @@ def _register() -> None:
     from keel.cli.usage import usage
 
     for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream,
-                    keys, usage):
+                    keys, usage, guard_group):
         cli.add_command(command)
 
 

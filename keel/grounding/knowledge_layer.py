@@ -110,6 +110,8 @@ class KnowledgeLayer:
             sources = [h for h in hits if _relevant(h, opts.min_similarity)]
             span.attrs.update(version=version, hits=[_brief(h) for h in hits],
                               used=[h.chunk_id for h in sources])
+        # For the layers outside this one (the groundedness guard checks the answer against them).
+        ctx.state["knowledge.sources"] = [h.text for h in sources]
         if version:
             ctx.response_headers["x-keel-knowledge-version"] = version
         ctx.body = {**ctx.body, "messages": _grounded(ctx.body["messages"], sources, opts)}

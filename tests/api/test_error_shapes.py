@@ -30,6 +30,7 @@ SERVED = [
     ("GET", "/openapi.json", "/openapi.json", None),
     ("GET", "/metrics", "/metrics", None),
     ("POST", "/v1/embeddings", "/v1/embeddings", {"model": "fake", "input": "hello"}),
+    ("POST", "/v1/moderations", "/v1/moderations", {"input": "hello"}),
     ("GET", "/v1/knowledge", "/v1/knowledge", None),
     ("POST", "/v1/knowledge/{collection}/documents", "/v1/knowledge/help/documents",
      {"documents": [{"id": "a", "text": "hello"}]}),
@@ -52,7 +53,8 @@ POSTS = [path for method, path, _ in ROUTES if method == "POST"]
 @pytest.fixture
 async def keel(tmp_path):
     gateway = Gateway(fake_config(tmp_path, server=ServerConfig(max_body_bytes=LIMIT)))
-    gateway.runtime._embedder_factory = fake_factory  # knowledge without downloading MiniLM
+    # knowledge without downloading MiniLM; 384 dimensions, as the moderation classifier reads
+    gateway.runtime._embedder_factory = lambda name: fake_factory(name, 384)
     server = TestServer(create_app(gateway), host="127.0.0.1")
     await server.start_server()
     async with ClientSession(base_url=str(server.make_url(""))) as session:

@@ -43,7 +43,7 @@ FAKE_CONFIG = "\n".join([
     "  fake: {{kind: fake}}",
     "  up: {{kind: openai, base_url: '{upstream}'}}",
     "embedders:",
-    "  minilm: {{kind: fake}}",  # knowledge and embeddings without loading the ONNX model
+    "  minilm: {{kind: fake, dim: 384}}",  # 384: the moderation classifier's input size  # knowledge and embeddings without loading the ONNX model
     "models:",
     *[f"  {p}/{m}: {{{{provider: {p}, model: {m}}}}}" for p in ("fake", "up") for m in FAKE_MODELS],
     # A pipeline with the knowledge layer (its collection is empty: the "nothing found" path).
@@ -95,7 +95,7 @@ def _check_error(body, status) -> None:
 # Every route `keel serve` has (keel/api/*.py add_routes), as (method, OpenAPI path).
 SERVED = {
     ("post", "/v1/chat/completions"), ("get", "/v1/models"), ("get", "/v1/models/{model_id}"),
-    ("post", "/v1/embeddings"), ("get", "/v1/knowledge"),
+    ("post", "/v1/embeddings"), ("post", "/v1/moderations"), ("get", "/v1/knowledge"),
     ("post", "/v1/knowledge/{collection}/search"),
     ("post", "/v1/knowledge/{collection}/documents"),
     ("delete", "/v1/knowledge/{collection}/documents/{doc_id}"),

@@ -24,6 +24,8 @@ ROOTS = [
     "CreateChatCompletionRequest",
     "CreateEmbeddingResponse",
     "CreateEmbeddingRequest",
+    "CreateModerationRequest",
+    "CreateModerationResponse",
     "ErrorResponse",
     "ListModelsResponse",
     "Model",
