@@ -1,7 +1,9 @@
 """The `json_schema` guard: the answer must be JSON that validates against a schema.
 
-The schema is the guard's `schema` option, or else the request's own `response_format`
-json_schema; with neither, the answer must be a JSON object. An answer that fails is, by
+The schema is the guard's `schema` option (then every answer must match it), or else the
+request's own `response_format`: json_schema validates against its schema, json_object asks for
+a JSON object, and a request that asks for no JSON at all passes (so one guarded model can
+serve chat and JSON alike). An answer that fails is, by
 default, repaired: the layer asks the model again with `verdict.text` — what is wrong, where,
 and (when the model never saw it in the request) the schema — up to `attempts` times. `block`
 and `flag` are the other actions.
@@ -55,7 +57,9 @@ class JSONSchemaGuard:
         schema = self.options.schema_
         told = False  # did the request itself show the model the schema?
         if schema is None:
-            _, schema = expected_schema(ctx.body)
+            wants_json, schema = expected_schema(ctx.body)
+            if not wants_json:
+                return Verdict(self.name, reasons=["the request asked for no JSON"])
             told = schema is not None
         problem = problem_with(text, schema)
         if problem is None:

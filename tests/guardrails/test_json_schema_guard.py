@@ -61,11 +61,15 @@ async def test_request_response_format_is_the_schema_when_no_option():
         == "pass"
 
 
-async def test_without_any_schema_the_answer_must_be_an_object():
+async def test_json_object_requests_need_an_object_and_plain_chat_passes():
     g = guard(action="flag")
-    assert (await g.check('{"a": 1}', ctx())).action == "pass"
-    verdict = await g.check("[1, 2]", ctx())
+    json_object = {"messages": [], "response_format": {"type": "json_object"}}
+    assert (await g.check('{"a": 1}', ctx(json_object))).action == "pass"
+    verdict = await g.check("[1, 2]", ctx(json_object))
     assert verdict.action == "flag" and verdict.reasons == ["expected a JSON object"]
+    # A request that asks for no JSON, on a guard without a schema of its own: nothing to check.
+    verdict = await g.check("Sure! Here are the steps.", ctx())
+    assert verdict.action == "pass" and verdict.reasons == ["the request asked for no JSON"]
 
 
 async def test_fake_models_answers():
