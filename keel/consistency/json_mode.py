@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from keel.consistency.json_check import expected_schema, problem_with
+from keel.pipeline.json_check import expected_schema, problem_with
 from keel.errors import UpstreamError
 from keel.pipeline import Context, LayerOptions, Next, Result
 from keel.pipeline.layer import refuse_several_choices

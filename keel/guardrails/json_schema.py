@@ -8,7 +8,7 @@ default, repaired: the layer asks the model again with `verdict.text` — what i
 and (when the model never saw it in the request) the schema — up to `attempts` times. `block`
 and `flag` are the other actions.
 
-The checking itself is `keel.consistency.json_check`, the one the `json_mode` layer uses, so
+The checking itself is `keel.pipeline.json_check`, the one the `json_mode` layer uses, so
 the two agree on what valid means.
 """
 
@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import Field, field_validator
 
-from keel.consistency.json_check import expected_schema, problem_with
+from keel.pipeline.json_check import expected_schema, problem_with
 from keel.guardrails.base import GuardContext, GuardOptions, Verdict
 
 REPAIR = ("Your previous answer is invalid: {problem}. Reply again with only the "

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from keel.config import KeelConfig, LayerSpec, ModelConfig, ProviderConfig
-from keel.consistency.json_check import problem_with
+from keel.pipeline.json_check import problem_with
 from keel.errors import UpstreamError
 from keel.gateway import Gateway
 from keel.pipeline import Trace

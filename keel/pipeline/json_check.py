@@ -1,4 +1,9 @@
-"""Does a model's answer hold the JSON promise of its request's `response_format`?"""
+"""Does a model's answer hold the JSON promise of its request's `response_format`?
+
+Shared by the `json_mode` layer (keel.consistency) and the `json_schema` guard
+(keel.guardrails), which must agree on what valid means; layers never import each other, so it
+lives here, at the pipeline they both build on.
+"""
 
 from __future__ import annotations
 
