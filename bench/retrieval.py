@@ -55,7 +55,7 @@ from keel.config import KeelConfig, StoreConfig
 from keel.grounding.knowledge import KnowledgeBase, ann, records
 from keel.grounding.knowledge.base import Chunk, Document
 from keel.grounding.knowledge.fusion import convex_fusion, min_max, reciprocal_rank_fusion
-from keel.grounding.knowledge.vectors import ExactIndex
+from keel.store.vectors import ExactIndex
 from keel.pipeline.runtime import Runtime
 
 RESULTS = Path(__file__).parent / "results" / "retrieval.json"

@@ -211,9 +211,13 @@ class ModelConfig(Strict):
     limits: RateLimitConfig | None = None
     guardrails: dict[str, Any] | None = Field(
         None, description="options of the guardrails layer: input and output guards")
+    cache: dict[str, Any] | None = Field(None, description="options of the cache layer")
+    router: dict[str, Any] | None = Field(
+        None, description="options of the router layer: deployments, retries, fallbacks")
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
     _grounding: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
+    _router: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
 
     def grounding_layers(self) -> list[tuple[str, LayerSpec]]:
         """(field, layer) for `guardrails:`, `knowledge:` and `tools:`, in the order they run
@@ -228,6 +232,8 @@ class ModelConfig(Strict):
         found = []
         if self.guardrails is not None:
             found.append(("guardrails", LayerSpec(name="guardrails", options=self.guardrails)))
+        if self.cache is not None:  # inside the guards: a hit never bypasses an input guard
+            found.append(("cache", LayerSpec(name="cache", options=self.cache)))
         if self.knowledge is not None:
             found.append(("knowledge", LayerSpec(name="knowledge", options=self.knowledge)))
         if self.tools is not None:
@@ -235,10 +241,19 @@ class ModelConfig(Strict):
             found.append(("tools", LayerSpec(name="tools", options=options)))
         return found
 
+    def router_layer(self) -> list[tuple[str, LayerSpec]]:
+        if self._router is None:
+            self._router = ([("router", LayerSpec(name="router", options=self.router))]
+                            if self.router is not None else [])
+        return self._router
+
     def layer_specs(self, default: list[LayerSpec]) -> list[LayerSpec]:
-        """Grounding first (retrieve, then the tools loop), then the model's or default layers."""
+        """Guardrails, the cache and grounding first (retrieve, then the tools loop), then the
+        model's or default layers, then the router, last before the provider call (each of its
+        attempts goes to one deployment)."""
         grounding = [spec for _, spec in self.grounding_layers()]
-        return grounding + (self.pipeline if self.pipeline is not None else default)
+        router = [spec for _, spec in self.router_layer()]
+        return grounding + (self.pipeline if self.pipeline is not None else default) + router
 
 
 class RetrievalConfig(Strict):
@@ -384,7 +399,7 @@ def _layer_places(config: KeelConfig):
     for i, spec in enumerate(config.pipeline):
         yield f"pipeline[{i}].{spec.name}", spec
     for name, model in config.models.items():
-        for key, spec in model.grounding_layers():
+        for key, spec in model.grounding_layers() + model.router_layer():
             yield f"models.{name}.{key}", spec
         for i, spec in enumerate(model.pipeline or ()):
             yield f"models.{name}.pipeline[{i}].{spec.name}", spec

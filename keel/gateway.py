@@ -16,6 +16,7 @@ from keel.config import KeelConfig, LayerSpec
 from keel.errors import ClientClosed, InternalError, KeelError, ModelNotFound
 from keel.pipeline import Context, Route, Trace
 from keel.pipeline.assemble import build_chain, check_request, make_layer
+from keel.pipeline.context import finish
 from keel.pipeline.request import validate_chat_request
 from keel.pipeline.runtime import Runtime
 from keel.providers.registry import provider_class
@@ -31,6 +32,8 @@ class Gateway:
             for name, spec in config.providers.items()
         }
         self.runtime = Runtime(config)
+        # The router layer calls deployments on other providers than its route's own.
+        self.runtime.providers = self.providers
         self.layers: list = []
         self.routes = self._build_routes()
         self.recorder = None
@@ -100,6 +103,7 @@ class Gateway:
         with self.recording(trace):
             ctx = self.context_for(dict(body, stream=False), trace)
             result = await ctx.route.handler(ctx)
+            await finish(ctx)
             trace.response = result
             trace.record_usage(result.get("usage"))
             trace.system_fingerprint = result.get("system_fingerprint")

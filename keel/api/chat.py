@@ -11,6 +11,7 @@ from keel.api.sse import stream_completion
 from keel.api.traced import traced
 from keel.gateway import Gateway
 from keel.pipeline import Context, Trace
+from keel.pipeline.context import finish
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -29,6 +30,7 @@ async def _complete(request: web.Request, gateway: Gateway, trace: Trace) -> web
     if ctx.stream:
         return await stream_completion(request, ctx, _headers(ctx))
     result = await ctx.route.handler(ctx)
+    await finish(ctx)
     trace.response = result
     trace.record_usage(result.get("usage"))
     trace.system_fingerprint = result.get("system_fingerprint")

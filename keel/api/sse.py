@@ -10,6 +10,7 @@ from aiohttp import web
 
 from keel.errors import ClientClosed, InternalError, KeelError
 from keel.pipeline import Context
+from keel.pipeline.context import finish
 
 log = logging.getLogger("keel.api")
 
@@ -84,6 +85,7 @@ async def stream_completion(request: web.Request, ctx: Context, headers: dict) -
         await _prepare(response, request)
         await _relay(response, first, chunks, trace, summary, include_usage)
         await _send(response, DONE)
+        await finish(ctx)
     except asyncio.CancelledError:
         _client_closed(trace)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
@@ -36,7 +37,20 @@ class Context:
     headers: Mapping[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    # Run once the client has the whole answer and every layer passed it (the cache stores an
+    # entry only then: never an answer an output guard blocked). `finish(ctx)` runs them.
+    finalizers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
+
+
+async def finish(ctx: Context) -> None:
+    """Run the context's finalizers; one that fails is logged, never the request's failure."""
+    for finalizer in ctx.finalizers:
+        try:
+            await finalizer()
+        except Exception:
+            logging.getLogger("keel.pipeline").exception(
+                "a finalizer failed on trace %s", ctx.trace.id)

@@ -17,6 +17,9 @@ class Runtime:
         # One object per layer package that several layer instances share (e.g. the tool
         # registry: one MCP server process for every model that offers its tools).
         self.shared: dict[str, Any] = {}
+        # The gateway's providers by name (keel.yaml `providers:`), for layers that call more
+        # than their route's own (the router's deployments and fallbacks).
+        self.providers: dict[str, Any] = {}
         self._store = None
         self._state = None
         self._metrics = None

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from keel.grounding.knowledge import ann, records
+from keel.grounding.knowledge import records
+from keel.store import ann
 from keel.grounding.knowledge.chunking import ChunkSettings
 from keel.grounding.knowledge.fusion import CONVEX_ALPHA, FUSIONS, RRF_K
 from keel.grounding.knowledge.ingest import IngestMixin
 # MAX_TOP_K and MODES are imported from here by the OpenAPI document.
 from keel.grounding.knowledge.search import MAX_TOP_K, MODES, SearchMixin  # noqa: F401
-from keel.grounding.knowledge.vectors import IndexCache
+from keel.store.vectors import IndexCache
 
 
 def knowledge_base(runtime) -> KnowledgeBase:

@@ -11,7 +11,8 @@ import asyncio
 from typing import Any
 
 from keel.errors import InvalidRequest
-from keel.grounding.knowledge import ann, fulltext, records
+from keel.grounding.knowledge import fulltext, records
+from keel.store import ann
 from keel.grounding.knowledge.base import EmbedderMismatch, Hit
 from keel.grounding.knowledge.fusion import convex_fusion, reciprocal_rank_fusion
 from keel.grounding.knowledge.records import CollectionInfo

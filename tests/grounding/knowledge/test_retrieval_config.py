@@ -6,7 +6,7 @@ import pytest
 
 from keel.config import load_config
 from keel.errors import ConfigError
-from keel.grounding.knowledge import ann
+from keel.store import ann
 from keel.grounding.knowledge.knowledge import knowledge_base
 from keel.pipeline.runtime import Runtime
 

@@ -171,7 +171,7 @@ async def test_vector_cache_follows_the_collection_version(loaded):
 
 
 def test_exact_index_topk_and_allowed():
-    from keel.grounding.knowledge.vectors import ExactIndex
+    from keel.store.vectors import ExactIndex
 
     matrix = np.eye(4, dtype=np.float32)
     index = ExactIndex(np.array([10, 11, 12, 13]), matrix)
@@ -182,7 +182,7 @@ def test_exact_index_topk_and_allowed():
 
 
 def test_exact_index_similarities_of_given_ids():
-    from keel.grounding.knowledge.vectors import ExactIndex
+    from keel.store.vectors import ExactIndex
 
     index = ExactIndex(np.array([13, 10, 12, 11]), np.eye(4, dtype=np.float32))  # any order
     query = np.array([0.1, 0.9, 0.5, 0.3], dtype=np.float32)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from keel.errors import ConfigError
-from keel.grounding.knowledge import KnowledgeBase, ann
-from keel.grounding.knowledge.ann import AnnIndex, build_index
-from keel.grounding.knowledge.vectors import ExactIndex
+from keel.grounding.knowledge import KnowledgeBase
+from keel.store import ann
+from keel.store.ann import AnnIndex, build_index
+from keel.store.vectors import ExactIndex
 
 DIM = 384
 
@@ -142,3 +143,16 @@ async def test_ann_search_through_the_knowledge_base_follows_the_version(runtime
     await exact.search("notes", "gift cards expire", mode="vector", top_k=1)
     (_, other), = exact._indexes._indexes.values()
     assert isinstance(other, ExactIndex)
+
+
+def test_the_ann_index_then_the_embedded_embedder_load_in_one_process():
+    """onnxruntime imported after usearch crashed the process (a segmentation fault): a server
+    that built an ANN index before its first embedding died. ann.available() loads onnxruntime
+    first. In a subprocess, since a crash would take pytest with it."""
+    import subprocess
+
+    code = ("from keel.store import ann; assert ann.available(); import usearch.index; "
+            "import onnxruntime; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from keel.errors import ConfigError
-from keel.grounding.knowledge.vectors import ExactIndex, VectorIndex, top_k
+from keel.store.vectors import ExactIndex, VectorIndex, top_k
 
 INDEXES = ("exact", "ann", "auto")
 ANN_THRESHOLD = 50_000  # chunks; "auto" builds the graph from here up
@@ -42,11 +42,22 @@ EXACT_SHARE = 0.1
 
 
 def available() -> bool:
+    _load_onnxruntime_first()
     try:
         import usearch.index  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def _load_onnxruntime_first() -> None:
+    # onnxruntime (the embedded embedder) crashes the process with a segmentation fault when it
+    # is imported after usearch (its numkong extension; onnxruntime 1.32, usearch 2.26): found
+    # when knowledge tests ran before the embeddings API's. Imported first, both work.
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
 
 
 def require() -> None:
@@ -69,7 +80,7 @@ class AnnIndex:
     """HNSW (cosine) candidates, rescored exactly against the kept matrix."""
 
     def __init__(self, ids: np.ndarray, matrix: np.ndarray, *, threads: int = 0) -> None:
-        require()
+        require()  # which loads onnxruntime before usearch (see _load_onnxruntime_first)
         from usearch.index import Index
 
         self.exact = ExactIndex(ids, matrix)  # ids ascending; the rows the graph points into

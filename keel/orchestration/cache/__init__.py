@@ -1,0 +1,1 @@
+"""The cache layer: exact and semantic answers reused; see layer.py."""

@@ -1,0 +1,1 @@
+"""The router layer: deployments, retries, fallbacks, breaker, learned routing; see layer.py."""

@@ -1,0 +1,20 @@
+"""STUB (issue 10, a helper replaces this): the router layer."""
+
+from __future__ import annotations
+
+from keel.pipeline import Context, LayerOptions, Next, Result
+
+
+class RouterLayerOptions(LayerOptions):
+    model_config = {"extra": "allow"}
+
+
+class RouterLayer:
+    name = "router"
+    Options = RouterLayerOptions
+
+    def __init__(self, options, runtime=None) -> None:
+        self.options = options
+
+    async def __call__(self, ctx: Context, next: Next) -> Result:
+        return await next(ctx)
