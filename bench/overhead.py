@@ -14,7 +14,13 @@ settled, and Prometheus metrics (on in every Keel). `--ops memory` keeps the lim
 process; `--ops redis` also runs one with them in a `redis-server` it starts (Debian's package),
 which measures what Redis-backed limits add per request.
 
+`--orchestration` adds Keel with the cache and router layers on, on their miss path: an exact
+cache (every request asks a new question, so each is looked up, missed and stored) and a router
+over two deployments of the upstream (each request picks one, with its breaker and retries
+armed). `--orchestration semantic` caches semantically, which embeds each question (MiniLM).
+
     python bench/overhead.py [--requests 4000] [--warmup 500] [--rounds 8] [--ops memory|redis]
+                             [--orchestration exact|semantic]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from processes import free_port, wait_ready  # bench/processes.py, beside this s
 
 HERE = Path(__file__).resolve().parent
 BARE = "bare aiohttp pass-through"
+VARY = "keel +cache"  # targets whose name starts so get a new question every request
 BODY = json.dumps({
     "model": "echo",
     "messages": [
@@ -65,14 +72,35 @@ OPS_CONFIG = KEEL_CONFIG.replace(
 ) + "auth: {{refresh_interval_s: 1.0}}\n"
 ADMIN_KEY = "bench-admin-key"
 
+# Cache and router on (miss path); the question changes with every request (see `load`).
+ORCHESTRATION_CONFIG = KEEL_CONFIG.replace(
+    "models:\n  echo: {{provider: upstream, model: echo}}",
+    "models:\n  echo:\n    cache: {{mode: {mode}, reuse: always}}\n"
+    "    router:\n      deployments:\n        - {{provider: upstream, model: echo}}\n"
+    "        - {{provider: upstream, model: echo}}\n",
+)
+
+
+def varied_body(i: int) -> bytes:
+    """The benchmark's request with a question of its own: a cache miss every time."""
+    return json.dumps({
+        "model": "echo",
+        "messages": [{"role": "user", "content": f"What is the capital of country number {i}?"}],
+        "max_tokens": 16,
+    }).encode()
+
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+_VARIED = [0]  # requests sent with a question of their own, across calls
+
+
 async def load(url: str, total: int, concurrency: int,
-               headers: dict | None = None) -> tuple[list[float], float]:
-    """Send `total` requests from `concurrency` clients; their latencies and the elapsed time."""
+               headers: dict | None = None, vary: bool = False) -> tuple[list[float], float]:
+    """Send `total` requests from `concurrency` clients; their latencies and the elapsed time.
+    With `vary`, every request asks a question never asked before (cache misses)."""
     headers = {"Content-Type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     latencies: list[float] = []
@@ -84,7 +112,12 @@ async def load(url: str, total: int, concurrency: int,
             while next_index < total:
                 next_index += 1
                 t0 = time.perf_counter()
-                async with session.post(url, data=BODY, headers=headers) as r:
+                if vary:
+                    _VARIED[0] += 1
+                    body = varied_body(_VARIED[0])
+                else:
+                    body = BODY
+                async with session.post(url, data=body, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
                         raise RuntimeError(f"{url}: HTTP {r.status}")
@@ -117,12 +150,13 @@ async def measure(targets: dict[str, str], requests: int, warmup: int, rounds: i
     per_round = max(1, requests // rounds)
     for concurrency in (1, 16):
         for name, url in targets.items():
-            await load(url, warmup, concurrency, headers.get(name))
+            await load(url, warmup, concurrency, headers.get(name), name.startswith(VARY))
         latencies = {name: [] for name in names}
         elapsed = dict.fromkeys(names, 0.0)
         for i in range(rounds):
             for name in names[i % len(names):] + names[:i % len(names)]:
-                lat, secs = await load(targets[name], per_round, concurrency, headers.get(name))
+                lat, secs = await load(targets[name], per_round, concurrency, headers.get(name),
+                                       name.startswith(VARY))
                 latencies[name] += lat
                 elapsed[name] += secs
         results[concurrency] = {name: summarise(latencies[name], elapsed[name])
@@ -145,6 +179,9 @@ def main() -> None:
                              "commit, say), in the same rounds, as 'keel (DIR)'")
     parser.add_argument("--rounds", type=int, default=8,
                         help="slices each cell's requests are sent in, the targets taking turns")
+    parser.add_argument("--orchestration", choices=["exact", "semantic"], default=None,
+                        help="also measure Keel with the cache (this mode) and router on, on "
+                             "their miss path")
     parser.add_argument("--ops", choices=["memory", "redis"], default=None,
                         help="also measure Keel with auth, limits and budgets on: 'memory' "
                              "(in-process limits), 'redis' (that and Redis-backed limits)")
@@ -167,6 +204,15 @@ def main() -> None:
             [py, "-m", "keel", "serve", "--config", "keel-other.yaml", "--port", str(other)],
             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     ops_targets = start_ops(opts.ops, workdir, up, procs) if opts.ops else {}
+    if opts.orchestration:
+        name = f"{VARY} +router ({opts.orchestration})"
+        config = workdir / "keel-orchestration.yaml"
+        config.write_text(ORCHESTRATION_CONFIG.format(
+            state=workdir / "state-orchestration", upstream=up, mode=opts.orchestration))
+        port = free_port()
+        procs.append(start([py, "-m", "keel", "serve", "--config", config.name, "--port",
+                            str(port)], workdir))
+        ops_targets[name] = port
     headers: dict[str, dict] = {}
     try:
         asyncio.run(wait_ready(f"http://127.0.0.1:{up}/v1/models"))
@@ -183,9 +229,10 @@ def main() -> None:
             targets[f"keel ({opts.compare_src})"] = f"http://127.0.0.1:{other}/v1/chat/completions"
         for name, port in ops_targets.items():
             asyncio.run(wait_ready(f"http://127.0.0.1:{port}/readyz"))
-            secret = asyncio.run(create_key(f"http://127.0.0.1:{port}/v1/keys"))
             targets[name] = f"http://127.0.0.1:{port}/v1/chat/completions"
-            headers[name] = {"Authorization": f"Bearer {secret}"}
+            if name.startswith("keel +ops"):
+                secret = asyncio.run(create_key(f"http://127.0.0.1:{port}/v1/keys"))
+                headers[name] = {"Authorization": f"Bearer {secret}"}
         results = asyncio.run(measure(targets, opts.requests, opts.warmup, opts.rounds, headers))
         time.sleep(1)  # let the trace writer catch up before reading its counters
         results["keel_traces"] = asyncio.run(trace_stats(f"http://127.0.0.1:{keel}/readyz"))
@@ -254,7 +301,7 @@ def report(results: dict, opts) -> None:
         "traces": traces,
         "targets": {"added_p50_ms_c1": 1.0, "keel_rps_c16": 1500, "p99_ratio_c16": 2.0},
     }
-    for name in [n for n in results[1] if n.startswith("keel +ops")]:
+    for name in [n for n in results[1] if n.startswith(("keel +ops", VARY))]:
         summary[name] = {
             "added_p50_ms_c1": results[1][name]["p50_ms"] - results[1]["direct"]["p50_ms"],
             "over_keel_p50_ms_c1": results[1][name]["p50_ms"] - keel1["p50_ms"],

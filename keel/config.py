@@ -201,7 +201,8 @@ class CompletionDefaults(Strict):
 
 
 class ModelConfig(Strict):
-    provider: str
+    provider: str | None = Field(
+        None, description="required, unless `router:` lists deployments: then the first one's")
     model: str | None = Field(None, description="the provider's name for it; default: the key")
     defaults: CompletionDefaults = Field(default_factory=CompletionDefaults)
     pipeline: list[LayerSpec] | None = None
@@ -289,6 +290,10 @@ class KeelConfig(Strict):
     @model_validator(mode="after")
     def _models_name_known_parts(self) -> KeelConfig:
         for name, model in self.models.items():
+            _router_deployments(name, model, self.providers)
+            if model.provider is None:
+                raise ValueError(f"models.{name}.provider: required (unless `router:` lists "
+                                 "the deployments)")
             if model.provider not in self.providers:
                 known = ", ".join(sorted(self.providers)) or "none defined"
                 raise ValueError(
@@ -324,6 +329,25 @@ class KeelConfig(Strict):
         if self.store.url:
             return self.store.url
         return f"sqlite:///{(self.state_dir / 'keel.db').as_posix()}"
+
+
+def _router_deployments(name: str, model: ModelConfig, providers: dict) -> None:
+    """A model with `router:` may leave out `provider`: its route's own provider and model are
+    then its first deployment's. Every deployment must name a known provider."""
+    deployments = (model.router or {}).get("deployments")
+    if not isinstance(deployments, list):
+        return  # the router layer's own options report it
+    for i, deployment in enumerate(deployments):
+        provider = deployment.get("provider") if isinstance(deployment, dict) else None
+        if isinstance(provider, str) and provider not in providers:
+            known = ", ".join(sorted(providers)) or "none defined"
+            raise ValueError(f"models.{name}.router.deployments[{i}].provider: unknown provider "
+                             f"{provider!r} (providers: {known})")
+    first = deployments[0] if deployments and isinstance(deployments[0], dict) else {}
+    if model.provider is None and isinstance(first.get("provider"), str):
+        model.provider = first["provider"]
+        if model.model is None and isinstance(first.get("model"), str):
+            model.model = first["model"]
 
 
 def default_config() -> KeelConfig:

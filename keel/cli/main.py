@@ -28,17 +28,19 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from keel.cli.cache import cache_group
     from keel.cli.evals import eval_group
     from keel.cli.fake_upstream import fake_upstream
     from keel.cli.guard import guard_group
     from keel.cli.keys import keys
     from keel.cli.knowledge import collections, ingest, search
+    from keel.cli.router import router_group
     from keel.cli.serve import serve
     from keel.cli.traces import traces
     from keel.cli.usage import usage
 
     for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream,
-                    keys, usage, guard_group):
+                    keys, usage, guard_group, router_group, cache_group):
         cli.add_command(command)
 
 

@@ -10,6 +10,7 @@ The model name chooses the behaviour (a `fake/` prefix is accepted and ignored):
     tool-call       calls the first tool in `tools` with arguments built from its schema
     slow, slow-<ms> waits (`slow_ms`, or <ms>) then echoes; streams wait that long per word
     flaky           fails with a 502 on odd calls (1st, 3rd, ...), echoes on even ones
+    flaky-<n>       fails with a 502 on its first <n> calls (per provider, per name), then echoes
     error-429       rate limited, with `Retry-After: 7`
     error-<status>  fails as an upstream answering <status> would (500, 503, 400, 401, ...)
     context-<n>     echoes, with a context of <n> tokens: a longer prompt (or prompt +
@@ -133,6 +134,11 @@ class FakeProvider:
         if behaviour == "flaky":
             self._calls[behaviour] += 1
             if self._calls[behaviour] % 2:
+                raise fake_error("500", self.options.retry_after, "fake: flaky failure")
+            return _text_answer(_last_user_text(body), body)
+        if behaviour.startswith("flaky-"):
+            self._calls[behaviour] += 1
+            if self._calls[behaviour] <= _number(behaviour[6:], 1):
                 raise fake_error("500", self.options.retry_after, "fake: flaky failure")
             return _text_answer(_last_user_text(body), body)
         if behaviour == "slow" or behaviour.startswith("slow-"):

@@ -253,3 +253,32 @@ usage_daily = sa.Table(
     sa.Column("cost_usd", sa.Double, nullable=False),
     sa.PrimaryKeyConstraint("day", "key_id", "team", "model", name="pk_usage_daily"),
 )
+
+# -- answer cache (migration 0006_cache) ----------------------------------------------------
+
+cache_entries = sa.Table(
+    "cache_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, comment="the public model name"),
+    sa.Column("namespace", sa.String(64), nullable=False,
+              comment="hash of all but the last user message (keel.orchestration.cache.keys)"),
+    sa.Column("kind", sa.String(16), nullable=False,
+              comment="exact: key only; semantic: key and embedding (serves both lookups)"),
+    sa.Column("key_hash", sa.String(64), nullable=False, comment="the exact key"),
+    sa.Column("query", sa.Text, comment="the last user message; NULL for exact-only entries"),
+    sa.Column("embedder", sa.String(200), comment="fingerprint of the embedder of `embedding`"),
+    sa.Column("embedding", sa.LargeBinary, comment="float32, little-endian, unit length"),
+    sa.Column("response", Json, nullable=False, comment="the chat.completion served on a hit"),
+    sa.Column("usage", Json, comment="what the answer cost when it was generated"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("last_hit_at", sa.Double),
+    sa.Column("hits", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index("ix_cache_entries_key", "model", "key_hash"),
+    sa.Index("ix_cache_entries_namespace", "namespace", "created_at"),
+    sa.Index("ix_cache_entries_expires_at", "expires_at"),
+    # Ids are never reused (SQLite would reuse the largest after a delete): an id in a
+    # replica's in-memory index must never come to name another entry.
+    sqlite_autoincrement=True,
+)
