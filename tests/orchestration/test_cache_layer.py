@@ -90,6 +90,14 @@ def entries(keel: Keel) -> int:
     return sum(s["entries"] for s in cache_store.stats(keel.gateway.runtime.store))
 
 
+async def written(keel: Keel, count: int, timeout: float = 10.0) -> None:
+    """Wait until the store holds `count` entries: answers are written off the response path."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while entries(keel) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"{entries(keel)} != {count}"
+        await asyncio.sleep(0.02)
+
+
 async def test_an_exact_repeat_is_served_from_the_cache(serve, tmp_path):
     keel = await serve(config(tmp_path, bot={"model": "echo", "cache": {"mode": "exact"},
                                              "pricing": {"input": 1.0, "output": 2.0}}))
@@ -161,13 +169,13 @@ async def test_cache_off_and_refresh(serve, tmp_path):
     _, headers, result = await keel.ask(QUESTION, headers={"x-keel-cache": "off"})
     assert headers["x-keel-cache"] == "off"
     assert result["usage"]["completion_tokens"] > 0  # the model answered
-    assert entries(keel) == 1  # and nothing new was stored
+    await written(keel, 1)  # the first answer, and nothing new
     _, headers, _ = await keel.ask(QUESTION)
     old_entry = headers["x-keel-cache-entry"]
     _, headers, result = await keel.ask(QUESTION, headers={"X-Keel-Cache": "refresh"})
     assert headers["x-keel-cache"] == "miss"
     assert result["usage"]["completion_tokens"] > 0
-    assert entries(keel) == 1  # the new answer replaced the old one
+    await written(keel, 1)  # the new answer replaced the old one
     _, headers, _ = await keel.ask(QUESTION)
     assert headers["x-keel-cache"] == "hit"
     assert int(headers["x-keel-cache-entry"]) > int(old_entry)  # the refreshed answer
@@ -210,7 +218,7 @@ async def test_a_streamed_miss_is_stored_once_it_has_ended(serve, tmp_path):
     status, headers, events = await keel.ask(QUESTION, stream=True)
     assert status == 200 and headers["x-keel-cache"] == "miss"
     assert events[-1] == "[DONE]"
-    assert entries(keel) == 1
+    await written(keel, 1)  # by the store's writer, just after the stream ended
     _, headers, result = await keel.ask(QUESTION)
     assert headers["x-keel-cache"] == "hit"
     assert answer(result) == QUESTION
@@ -265,7 +273,7 @@ async def test_the_size_bound_evicts_the_least_recently_used(serve, tmp_path):
         "mode": "exact", "max_entries": 2}}))
     for question in ("one", "two", "three"):
         await keel.ask(question)
-    assert entries(keel) == 2
+    await written(keel, 2)
     _, headers, _ = await keel.ask("one")
     assert headers["x-keel-cache"] == "miss"
     _, headers, _ = await keel.ask("three")

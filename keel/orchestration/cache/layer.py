@@ -84,6 +84,11 @@ class CacheLayer:
         self._versions: dict[str, tuple[float, str | None]] = {}
         self._requests = None
         self._saved = None
+        # Entries being written, by exact key and by namespace: the store's writer thread
+        # writes them off the response path (the answer is not kept waiting for the database),
+        # and a lookup waits for those of its own key or namespace still in flight, so this
+        # process reads its own writes at once while unrelated requests never wait.
+        self._writing: dict[str, set[asyncio.Future]] = {}
 
     @property
     def semantic(self) -> bool:
@@ -96,6 +101,11 @@ class CacheLayer:
                 self._verifier = _load_verifier(self._embedder.fingerprint)
                 if self._verifier is not None and self.options.threshold is None:
                     self._threshold = self._verifier.candidate_threshold
+
+    async def aclose(self) -> None:
+        """Write what is queued (the gateway closes the store next)."""
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
 
     @property
     def store(self) -> CacheStore:
@@ -170,10 +180,19 @@ class CacheLayer:
             lookup["vector"] = embeddings.vectors[0]
 
     async def _lookup(self, lookup: dict) -> tuple[Entry, str, float | None] | None:
+        pending = self._pending(lookup)
+        if pending:
+            await asyncio.wait(pending)
         if self.options.mode in ("exact", "both"):
-            entry = await asyncio.to_thread(self.store.exact, lookup["model"], lookup["key"])
-            if entry is not None:
-                return entry, "exact", None
+            store = self.store
+            known = store.knows(lookup["model"], lookup["key"])
+            if known is None:  # the key list is due a look at the store (other processes)
+                await asyncio.to_thread(store.refresh_keys)
+                known = store.knows(lookup["model"], lookup["key"])
+            if known is not False:  # a miss known from memory costs no query
+                entry = await asyncio.to_thread(store.exact, lookup["model"], lookup["key"])
+                if entry is not None:
+                    return entry, "exact", None
         await self._embed(lookup)
         if lookup["vector"] is None:
             return None
@@ -251,7 +270,7 @@ class CacheLayer:
                                  entry.usage.get("completion_tokens"))
             span.attrs["saved_usd"] = saved
         self._count(model, "hit", kind, saved)
-        ctx.finalizers.append(lambda: asyncio.to_thread(self.store.record_hit, entry.id))
+        ctx.finalizers.append(lambda: self._count_hit(entry.id))
 
     async def _recording(self, ctx: Context, lookup: dict, chunks: AsyncIterator[dict]):
         """Pass a stream through, keeping its text; store it once the stream ended whole."""
@@ -283,14 +302,37 @@ class CacheLayer:
             ctx.finalizers.append(lambda: self._commit(lookup, response))
 
     async def _commit(self, lookup: dict, result: dict) -> None:
+        """Queue the entry for the store's writer and return: the response does not wait."""
         response = {k: v for k, v in result.items() if k not in ("id", "created", "usage")}
         options = self.options
-        await asyncio.to_thread(
-            self.store.insert, model=lookup["model"], namespace=lookup["namespace"],
-            key_hash=lookup["key"], query=lookup["query"],
+        future = asyncio.wrap_future(self.store.submit(
+            model=lookup["model"], namespace=lookup["namespace"], key_hash=lookup["key"],
+            query=lookup["query"],
             embedder=self._embedder.fingerprint if lookup["vector"] is not None else None,
             vector=lookup["vector"], response=response, usage=result.get("usage"),
-            ttl_s=options.ttl_s, max_entries=options.max_entries)
+            ttl_s=options.ttl_s, max_entries=options.max_entries))
+        for mark in (lookup["key"], lookup["namespace"]):
+            self._writing.setdefault(mark, set()).add(future)
+        future.add_done_callback(lambda done: self._written(lookup, done))
+
+    async def _count_hit(self, entry_id: int) -> None:
+        self.store.submit_hit(entry_id)  # the writer thread counts it; nobody waits
+
+    def _pending(self, lookup: dict) -> set:
+        found = set(self._writing.get(lookup["key"], ()))
+        if self.semantic:
+            found |= self._writing.get(lookup["namespace"], set())
+        return found
+
+    def _written(self, lookup: dict, future: asyncio.Future) -> None:
+        for mark in (lookup["key"], lookup["namespace"]):
+            waiting = self._writing.get(mark)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._writing[mark]
+        if not future.cancelled() and future.exception() is not None:
+            log.error("storing a cache entry failed: %s", future.exception())
 
     # -- metrics --------------------------------------------------------------------------------
 

@@ -8,13 +8,19 @@ most every `refresh_interval_s` (so another replica's answer is found within tha
 candidates it proposes are read back from the store by id, so an entry deleted or expired
 elsewhere is never served — it is dropped from the index instead.
 
-All database work here is synchronous; the layer runs it in a worker thread.
+Lookups are synchronous; the layer runs them in a worker thread. Writes (new entries, hit
+counts) go to one writer thread of the store's own (`submit`, `submit_hit`), which writes what
+has queued up in one transaction: an answer never waits for the database, and concurrent misses
+do not queue up for SQLite's write lock one transaction each.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +35,9 @@ from keel.store.vectors import ExactIndex
 # still picked up (ids already loaded are skipped).
 LOOKBACK_S = 10.0
 EXPIRED_SWEEP_S = 60.0  # how often one process deletes expired rows
+WRITE_BATCH = 256  # writes per transaction, at most
+
+log = logging.getLogger("keel.cache")
 
 
 @dataclass(slots=True)
@@ -113,6 +122,15 @@ class CacheStore:
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
         self._lock = threading.Lock()
         self._swept = 0.0
+        # Every live exact key (model, key hash) -> expires_at, so a miss costs no query; read
+        # from the store at most every `refresh_interval_s`, like the semantic indexes.
+        self._keys: dict[tuple[str, str], float] = {}
+        self._keys_newest = 0.0
+        self._keys_polled: float | None = None
+        self._queue: deque = deque()  # (kind, arguments, future) waiting for the writer
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     @property
     def engine(self):
@@ -128,6 +146,30 @@ class CacheStore:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return _entry(row)
+
+    def knows(self, model: str, key_hash: str) -> bool | None:
+        """Whether a live entry may exist for this exact key, from memory: True (look it up),
+        False (a miss, no query needed), None (the key list is due a refresh: `refresh_keys`)."""
+        polled = self._keys_polled
+        if polled is None or time.monotonic() - polled >= self.refresh_interval_s:
+            return None
+        expires = self._keys.get((model, key_hash))
+        return expires is not None and expires > time.time()
+
+    def refresh_keys(self) -> None:
+        """Read the exact keys written since the last look (all of them the first time)."""
+        since = self._keys_newest - LOOKBACK_S if self._keys_newest else None
+        query = sa.select(t.c.model, t.c.key_hash, t.c.expires_at, t.c.created_at).where(
+            t.c.expires_at > time.time())
+        if since is not None:
+            query = query.where(t.c.created_at >= since)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        with self._lock:
+            for model, key_hash, expires_at, created_at in rows:
+                self._keys[(model, key_hash)] = expires_at
+                self._keys_newest = max(self._keys_newest, created_at)
+            self._keys_polled = time.monotonic()
 
     def candidates(self, namespace: str, embedder: str, vector: np.ndarray,
                    k: int = 3) -> list[tuple[int, float, np.ndarray]]:
@@ -162,6 +204,79 @@ class CacheStore:
             ns.add(conn.execute(query).all())
         ns.polled = time.monotonic()
 
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def submit(self, **arguments) -> Future:
+        """Queue `insert(**arguments)` for the writer thread; the future gets the entry's id."""
+        return self._enqueue("insert", arguments)
+
+    def submit_hit(self, entry_id: int) -> Future:
+        return self._enqueue("hit", {"entry_id": entry_id, "now": time.time()})
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
+            self._writer = None
+        self._write_queued()
+
+    def _enqueue(self, kind: str, arguments: dict) -> Future:
+        future: Future = Future()
+        if self._closing:
+            future.set_exception(RuntimeError("the cache store is closed"))
+            return future
+        self._queue.append((kind, arguments, future))
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run, name="keel-cache-writer",
+                                            daemon=True)
+            self._writer.start()
+        self._wake.set()
+        return future
+
+    def _run(self) -> None:
+        while not self._closing:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            self._write_queued()
+
+    def _write_queued(self) -> None:
+        while self._queue:
+            batch = []
+            while self._queue and len(batch) < WRITE_BATCH:
+                batch.append(self._queue.popleft())
+            try:
+                results = self._write_batch(batch)
+            except Exception as exc:  # the store away: these writes are lost, and said so
+                log.error("writing %d cache change(s) failed: %s", len(batch), exc)
+                for _, _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, _, future), result in zip(batch, results):
+                future.set_result(result)
+
+    def _write_batch(self, batch: list) -> list:
+        results, added, models = [], [], {}
+        with self.engine.begin() as conn:
+            for kind, arguments, _ in batch:
+                if kind == "hit":
+                    conn.execute(t.update().where(t.c.id == arguments["entry_id"])
+                                 .values(hits=t.c.hits + 1, last_hit_at=arguments["now"]))
+                    results.append(None)
+                    continue
+                entry_id, values = self._insert_row(conn, **arguments)
+                results.append(entry_id)
+                added.append((entry_id, values))
+                if arguments.get("max_entries") is not None:
+                    models[arguments["model"]] = arguments["max_entries"]
+        for entry_id, values in added:
+            self._index_new(entry_id, values)
+        for model, max_entries in models.items():
+            self.evict(model, max_entries)
+        self._maybe_sweep(time.time())
+        return results
+
     # -- writes ---------------------------------------------------------------------------------
 
     def record_hit(self, entry_id: int, now: float | None = None) -> None:
@@ -174,8 +289,22 @@ class CacheStore:
                embedder: str | None, vector: np.ndarray | None, response: dict,
                usage: dict | None, ttl_s: float, max_entries: int | None,
                now: float | None = None) -> int:
-        """Store an answer (replacing one with the same key); then keep the model within `max_entries` (least recently used go
-        first) and, at most once a minute, delete expired rows."""
+        """Store an answer now, on this thread (replacing one with the same key); then keep the
+        model within `max_entries` (least recently used go first) and, at most once a minute,
+        delete expired rows. The layer goes through `submit` instead."""
+        arguments = dict(model=model, namespace=namespace, key_hash=key_hash, query=query,
+                         embedder=embedder, vector=vector, response=response, usage=usage,
+                         ttl_s=ttl_s, max_entries=max_entries, now=now)
+        with self.engine.begin() as conn:
+            entry_id, values = self._insert_row(conn, **arguments)
+        self._index_new(entry_id, values)
+        if max_entries is not None:
+            self.evict(model, max_entries)
+        self._maybe_sweep(values["created_at"])
+        return entry_id
+
+    def _insert_row(self, conn, *, model, namespace, key_hash, query, embedder, vector,
+                    response, usage, ttl_s, max_entries=None, now=None) -> tuple[int, dict]:
         now = time.time() if now is None else now
         blob = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
         values = {
@@ -185,22 +314,26 @@ class CacheStore:
             "embedding": blob, "response": response, "usage": usage, "created_at": now,
             "last_hit_at": None, "hits": 0, "expires_at": now + ttl_s,
         }
-        with self.engine.begin() as conn:
-            # The same exact key again (`x-keel-cache: refresh`, or two replicas missing at
-            # once): the new answer replaces the old, for semantic lookups too.
-            conn.execute(t.delete().where(t.c.model == model, t.c.key_hash == key_hash))
-            entry_id = conn.execute(t.insert().values(**values)).inserted_primary_key[0]
-        if blob is not None:
-            with self._lock:
-                ns = self._namespaces.get((namespace, embedder))
-                if ns is not None:  # seen by this process's lookups at once, not after a poll
-                    ns.add([(entry_id, blob, now)])
-        if max_entries is not None:
-            self.evict(model, max_entries)
+        # The same exact key again (`x-keel-cache: refresh`, or two replicas missing at once):
+        # the new answer replaces the old, for semantic lookups too.
+        conn.execute(t.delete().where(t.c.model == model, t.c.key_hash == key_hash))
+        entry_id = conn.execute(t.insert().values(**values)).inserted_primary_key[0]
+        return int(entry_id), values
+
+    def _index_new(self, entry_id: int, values: dict) -> None:
+        with self._lock:
+            self._keys[(values["model"], values["key_hash"])] = values["expires_at"]
+        if values["embedding"] is None:
+            return
+        with self._lock:
+            ns = self._namespaces.get((values["namespace"], values["embedder"]))
+            if ns is not None:  # seen by this process's lookups at once, not after a poll
+                ns.add([(entry_id, values["embedding"], values["created_at"])])
+
+    def _maybe_sweep(self, now: float) -> None:
         if now - self._swept >= EXPIRED_SWEEP_S:
             self._swept = now
             self.delete_expired(now)
-        return int(entry_id)
 
     def evict(self, model: str, max_entries: int) -> int:
         with self.engine.begin() as conn:
@@ -230,6 +363,8 @@ class CacheStore:
             deleted = conn.execute(query).rowcount
         with self._lock:
             self._namespaces.clear()
+            self._keys.clear()
+            self._keys_newest, self._keys_polled = 0.0, None
         return deleted
 
 
