@@ -257,21 +257,40 @@ class CacheStore:
                 future.set_result(result)
 
     def _write_batch(self, batch: list) -> list:
-        results, added, models = [], [], {}
+        """One transaction for what queued up: hit counts, then the new entries with one
+        executemany each for the deletes of replaced keys and for the inserts (ids returned in
+        order), so a busy cache pays SQLAlchemy's per-statement work once per batch."""
+        results: list = [None] * len(batch)
+        # Two answers to one exact key in one batch: the later replaces the earlier, as it
+        # would have a transaction later.
+        last = {}
+        for i, (kind, arguments, _) in enumerate(batch):
+            if kind == "insert":
+                last[(arguments["model"], arguments["key_hash"])] = i
+        inserts = [(i, batch[i][1]) for i in sorted(last.values())]
+        rows = [_row_values(**arguments) for _, arguments in inserts]
+        models = {a["model"]: a["max_entries"] for _, a in inserts
+                  if a.get("max_entries") is not None}
         with self.engine.begin() as conn:
             for kind, arguments, _ in batch:
                 if kind == "hit":
                     conn.execute(t.update().where(t.c.id == arguments["entry_id"])
                                  .values(hits=t.c.hits + 1, last_hit_at=arguments["now"]))
-                    results.append(None)
-                    continue
-                entry_id, values = self._insert_row(conn, **arguments)
-                results.append(entry_id)
-                added.append((entry_id, values))
-                if arguments.get("max_entries") is not None:
-                    models[arguments["model"]] = arguments["max_entries"]
-        for entry_id, values in added:
-            self._index_new(entry_id, values)
+            if rows:
+                # The same exact key again (`x-keel-cache: refresh`, or two replicas missing at
+                # once): the new answer replaces the old, for semantic lookups too.
+                conn.execute(t.delete().where(t.c.model == sa.bindparam("m"),
+                                              t.c.key_hash == sa.bindparam("k")),
+                             [{"m": r["model"], "k": r["key_hash"]} for r in rows])
+                ids = conn.execute(t.insert().returning(t.c.id, sort_by_parameter_order=True),
+                                   rows).scalars().all()
+                for (i, _), entry_id in zip(inserts, ids):
+                    results[i] = int(entry_id)
+        for (i, _), values in zip(inserts, rows):
+            self._index_new(results[i], values)
+        for i, (kind, arguments, _) in enumerate(batch):  # the replaced ones: the later id
+            if kind == "insert" and results[i] is None:
+                results[i] = results[last[(arguments["model"], arguments["key_hash"])]]
         for model, max_entries in models.items():
             self.evict(model, max_entries)
         self._maybe_sweep(time.time())
@@ -303,20 +322,12 @@ class CacheStore:
         self._maybe_sweep(values["created_at"])
         return entry_id
 
-    def _insert_row(self, conn, *, model, namespace, key_hash, query, embedder, vector,
-                    response, usage, ttl_s, max_entries=None, now=None) -> tuple[int, dict]:
-        now = time.time() if now is None else now
-        blob = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
-        values = {
-            "model": model, "namespace": namespace,
-            "kind": "exact" if blob is None else "semantic", "key_hash": key_hash,
-            "query": query, "embedder": embedder if blob is not None else None,
-            "embedding": blob, "response": response, "usage": usage, "created_at": now,
-            "last_hit_at": None, "hits": 0, "expires_at": now + ttl_s,
-        }
+    def _insert_row(self, conn, **arguments) -> tuple[int, dict]:
+        values = _row_values(**arguments)
         # The same exact key again (`x-keel-cache: refresh`, or two replicas missing at once):
         # the new answer replaces the old, for semantic lookups too.
-        conn.execute(t.delete().where(t.c.model == model, t.c.key_hash == key_hash))
+        conn.execute(t.delete().where(t.c.model == values["model"],
+                                      t.c.key_hash == values["key_hash"]))
         entry_id = conn.execute(t.insert().values(**values)).inserted_primary_key[0]
         return int(entry_id), values
 
@@ -408,6 +419,20 @@ def namespaces(store, model: str | None = None, limit: int = 20) -> list[dict[st
 
 _ENTRY_COLUMNS = (t.c.id, t.c.model, t.c.namespace, t.c.kind, t.c.query, t.c.response,
                   t.c.usage, t.c.created_at, t.c.hits)
+
+
+def _row_values(*, model, namespace, key_hash, query, embedder, vector, response, usage, ttl_s,
+                max_entries=None, now=None) -> dict:
+    """The `cache_entries` row for an answer."""
+    now = time.time() if now is None else now
+    blob = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
+    return {
+        "model": model, "namespace": namespace,
+        "kind": "exact" if blob is None else "semantic", "key_hash": key_hash,
+        "query": query, "embedder": embedder if blob is not None else None,
+        "embedding": blob, "response": response, "usage": usage, "created_at": now,
+        "last_hit_at": None, "hits": 0, "expires_at": now + ttl_s,
+    }
 
 
 def _entry(row) -> Entry | None:
