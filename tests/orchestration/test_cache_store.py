@@ -224,3 +224,28 @@ def test_the_in_memory_index_grows_sorts_and_drops_in_place():
     assert ns.size == 198 and 77 not in ns.ids[:198]
     assert ns.search(vectors[77], 1)[0][0] != 77
     assert ns.search(vectors[150], 1)[0][0] == 150
+
+
+def test_the_writer_batches_and_the_later_answer_to_one_key_wins(store):  # noqa: F811
+    from concurrent.futures import Future
+
+    cache = CacheStore(store)
+
+    def queued(text: str, key: str, vector=None):
+        arguments = dict(model="m", namespace="ns", key_hash=key, query=text,
+                         embedder="fp" if vector is not None else None, vector=vector,
+                         response=response(text), usage=None, ttl_s=60.0, max_entries=None)
+        return ("insert", arguments, Future())
+
+    batch = [queued("first", "same"), queued("other", "k-other", unit(1, 0)),
+             queued("second", "same")]
+    ids = cache._write_batch(batch)  # one transaction, as the writer thread runs it
+    assert ids[0] == ids[2] != ids[1]
+    assert cache.exact("m", "same").response["choices"][0]["message"]["content"] == "second"
+    assert sum(s["entries"] for s in cache_store.stats(store)) == 2
+    # Through the writer thread: submit returns at once, the future holds the entry's id.
+    future = cache.submit(**batch[1][1] | {"key_hash": "k-third", "query": "third"})
+    assert future.result(timeout=10) > max(ids)
+    cache.refresh_keys()
+    assert cache.knows("m", "k-third") is True and cache.knows("m", "k-none") is False
+    cache.close()
