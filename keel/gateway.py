@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from keel.config import KeelConfig, LayerSpec
 from keel.errors import ClientClosed, InternalError, KeelError, ModelNotFound
+from keel.ops.principal import authorize_model
 from keel.pipeline import Context, Route, Trace
 from keel.pipeline.assemble import build_chain, check_request, make_layer
 from keel.pipeline.context import finish
@@ -144,8 +145,6 @@ class Gateway:
         """Before a model call: the key may use `model` (else 403), and its limits, the team's
         budget and the model's own limits (`models.X.limits`) admit one more request (else
         429). Returns the `x-ratelimit-*` headers for the response."""
-        from keel.ops.principal import authorize_model
-
         authorize_model(principal, model)
         trace.key_id = principal.key_id
         if principal.key_id is not None:
