@@ -40,6 +40,20 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
 
 
+class ConsoleConfig(Strict):
+    """The web console at /console (docs/console.md)."""
+
+    enabled: bool = Field(True, description="serve the web console and reference chat")
+
+
+class RouteConsoleConfig(Strict):
+    """How a model (route) appears in the console's reference chat."""
+
+    suggested_prompts: list[str] = Field(
+        default_factory=list, description="prompts offered as buttons in an empty chat")
+    description: str | None = Field(None, description="one line shown under the route's name")
+
+
 class StoreConfig(Strict):
     url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under state_dir")
 
@@ -215,6 +229,8 @@ class ModelConfig(Strict):
     cache: dict[str, Any] | None = Field(None, description="options of the cache layer")
     router: dict[str, Any] | None = Field(
         None, description="options of the router layer: deployments, retries, fallbacks")
+    console: RouteConsoleConfig | None = Field(
+        None, description="the reference chat's suggested prompts and description")
 
     _specs = field_validator("pipeline", mode="before")(_layer_specs)
     _grounding: list[tuple[str, LayerSpec]] | None = PrivateAttr(None)
@@ -278,6 +294,7 @@ class KeelConfig(Strict):
     state: StateConfig = Field(default_factory=StateConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     embedders: dict[str, EmbedderConfig] = Field(default_factory=dict)

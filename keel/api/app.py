@@ -33,6 +33,10 @@ def create_app(gateway: Gateway) -> web.Application:
     keys.add_routes(app)
     metrics.add_routes(app)
     openapi.add_routes(app)
+    if gateway.config.console.enabled:
+        from keel.console import add_routes as add_console_routes
+
+        add_console_routes(app)
 
     async def start(app: web.Application) -> None:
         await app[GATEWAY].start()

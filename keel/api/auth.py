@@ -8,7 +8,13 @@ accept, 403 `surface_not_allowed` for a key whose scopes leave the route out. Th
 Each route is one surface (keel.ops.principal.SURFACES), chosen by the route the request
 matched (its canonical path and method), never by the raw URL. A registered route missing from
 `surface_for` is admin-only until it is classified: forgetting one fails closed, and
-tests/api/test_auth.py fails for it. With auth off (`gateway.keys is None`: no KEEL_ADMIN_KEY
+tests/api/test_auth.py fails for it.
+
+The web console (keel.console) signs in by putting the key in an HttpOnly, SameSite=Strict
+cookie. The cookie counts only for the console's own page loads (GET /console/...) and for
+requests that carry the `X-Keel-Console` or `HX-Request` header: a browser sends such a header
+cross-origin only after a CORS preflight, which Keel never grants, so another site cannot spend
+the key. A console page whose cookie is missing or refused redirects to /console/login. With auth off (`gateway.keys is None`: no KEEL_ADMIN_KEY
 and no `auth:` section, which `check_exposure` allows on loopback only) every request is the
 anonymous principal, with every surface.
 """
@@ -21,7 +27,7 @@ import logging
 from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
-from keel.errors import ConfigError
+from keel.errors import AuthenticationError, ConfigError, PermissionDenied
 from keel.ops.principal import ANONYMOUS, Principal, authorize
 
 PRINCIPAL = "keel.principal"
@@ -47,9 +53,15 @@ ROUTE_SURFACES: dict[tuple[str, str], str] = {
     ("GET", "/v1/feedback"): "feedback",
     ("POST", "/v1/feedback"): "feedback",
     ("GET", "/metrics"): "metrics",
+    ("GET", "/console/login"): PUBLIC,
+    ("POST", "/console/login"): PUBLIC,
+    ("POST", "/console/logout"): PUBLIC,
+    ("GET", "/console/static"): PUBLIC,
 }
 # Route families whose every route (any method) is one surface: the key administration API.
-FAMILY_SURFACES: dict[str, str] = {"/v1/keys": "admin"}
+FAMILY_SURFACES: dict[str, str] = {"/v1/keys": "admin", "/console": "console"}
+CONSOLE_COOKIE = "keel_console"
+CONSOLE_HEADERS = ("X-Keel-Console", "HX-Request")
 
 
 def surface_for(method: str, canonical: str) -> str | None:
@@ -75,7 +87,22 @@ def token_of(request: web.Request) -> str | None:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return headers.get("api-key", "").strip() or None
+    api_key = headers.get("api-key", "").strip()
+    if api_key:
+        return api_key
+    if _console_cookie_counts(request):
+        return request.cookies.get(CONSOLE_COOKIE) or None
+    return None
+
+
+def _console_cookie_counts(request: web.Request) -> bool:
+    if any(h in request.headers for h in CONSOLE_HEADERS):
+        return True
+    return request.method in ("GET", "HEAD") and is_console_path(request.path)
+
+
+def is_console_path(path: str) -> bool:
+    return path == "/console" or path.startswith("/console/")
 
 
 @web.middleware
@@ -91,15 +118,28 @@ async def authenticate(request: web.Request, handler):
     surface = surface_for(request.method, resource.canonical)
     if surface == PUBLIC:
         return await handler(request)
-    principal = await keys.resolve(token_of(request))
-    request[PRINCIPAL] = principal
     if surface is None:
         log.warning("route %s %s has no surface in keel.api.auth: admin only",
                     request.method, resource.canonical)
         surface = "admin"
-    if surface != ANY_KEY:
-        authorize(principal, surface)
+    try:
+        principal = await keys.resolve(token_of(request))
+        request[PRINCIPAL] = principal
+        if surface != ANY_KEY:
+            authorize(principal, surface)
+    except (AuthenticationError, PermissionDenied) as exc:
+        if request.method in ("GET", "HEAD") and is_console_path(request.path):
+            raise _to_login(request, exc) from None
+        raise
     return await handler(request)
+
+
+def _to_login(request: web.Request, exc: Exception) -> web.HTTPSeeOther:
+    """A console page without a usable key: the sign-in page, which says why and comes back."""
+    query = {"next": request.path_qs}
+    if request.cookies.get(CONSOLE_COOKIE):  # a key was given and refused: say so
+        query["error"] = str(exc)
+    return web.HTTPSeeOther(request.app.router["console-login"].url_for().with_query(query))
 
 
 # -- who may start without auth --------------------------------------------------------------

@@ -14,7 +14,7 @@ from keel.errors import PermissionDenied
 
 # What a key may be allowed to use. `metrics` is /metrics (Prometheus scrapes with a key too).
 SURFACES = ("chat", "embeddings", "moderations", "knowledge.read", "knowledge.write", "feedback",
-            "metrics", "admin")
+            "metrics", "console", "admin")
 # A new key's surfaces unless `--surfaces` says otherwise: writing into knowledge (which the model
 # then trusts), reading metrics and administering keys must be granted on purpose.
 DEFAULT_SURFACES = ("chat", "embeddings", "moderations", "knowledge.read", "feedback")

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from keel.api.app import create_app
-from keel.api.auth import ANY_KEY, PUBLIC, check_exposure, is_loopback, surface_for
+from keel.api.auth import ANY_KEY, PUBLIC, check_exposure, is_console_path, is_loopback, surface_for
 from keel.config import AuthConfig, KeelConfig
 from keel.errors import ConfigError
 from keel.gateway import Gateway
@@ -71,7 +72,9 @@ def registered_routes(tmp_path: Path) -> list[tuple[str, str]]:
 
 
 def url_of(base: str, canonical: str) -> str:
-    path = re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES[m.group(1)], canonical)
+    if canonical == "/console/static":  # a static resource's canonical path is its prefix
+        canonical += "/console.css"
+    path = re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES.get(m.group(1), "x"), canonical)
     return base.removesuffix("/v1") + path
 
 
@@ -139,7 +142,17 @@ def routes(tmp_path_factory) -> list[tuple[str, str]]:
 
 
 def private(routes):
-    return [r for r in routes if surface_for(*r) != PUBLIC]
+    """Private routes that answer a refused key in the OpenAI shape: every one but the console's
+    pages, which send a browser to the sign-in page instead (see the console tests below)."""
+    return [r for r in routes if surface_for(*r) != PUBLIC and not console_page(*r)]
+
+
+def console_page(method: str, canonical: str) -> bool:
+    return method == "GET" and is_console_path(canonical)
+
+
+def console_pages(routes):
+    return [r for r in routes if console_page(*r) and surface_for(*r) != PUBLIC]
 
 
 def assert_openai_error(status: int, headers: dict, body: dict, expected: int, code: str):
@@ -203,6 +216,51 @@ def test_the_admin_key_passes_every_route_and_public_routes_need_no_key(server, 
         if key is not None:  # the api-key header Azure OpenAI clients send works as well
             status, _, body = call(server.base, method, canonical, key, header="api-key")
             assert status not in (401, 403), (method, canonical, status, body)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def page(base: str, canonical: str, cookie: str | None = None):
+    """(status, Location) of a console page load, without following a redirect."""
+    headers = {"Cookie": f"keel_console={cookie}"} if cookie else {}
+    request = urllib.request.Request(url_of(base, canonical), headers=headers)
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, response.headers.get("Location")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Location")
+
+
+def test_console_pages_send_a_browser_without_a_usable_key_to_sign_in(server, routes):
+    pages = console_pages(routes)
+    assert ("GET", "/console/traces") in pages
+    _, without = server.key(surfaces=[s for s in SURFACES if s != "console"])
+    _, scoped = server.key(surfaces=["console"])
+    for _, canonical in pages:
+        status, location = page(server.base, canonical)
+        assert status == 303 and location.startswith("/console/login?next="), (canonical, status)
+        status, location = page(server.base, canonical, WRONG_KEY)
+        assert status == 303 and "error=" in location and WRONG_KEY not in location
+        status, location = page(server.base, canonical, without)
+        assert status == 303 and "console" in urllib.parse.unquote(location), location
+        for key in (scoped, ADMIN_KEY):
+            status, location = page(server.base, canonical, key)
+            assert status not in (401, 403) and not (location or "").startswith(
+                "/console/login"), (canonical, status, location)
+
+
+def test_the_console_cookie_counts_only_on_console_pages_or_with_a_console_header(server):
+    _, key = server.key(surfaces=["console", "chat"])
+    cookie = {"Cookie": f"keel_console={key}"}
+    status, headers, body = http("POST", f"{server.base}/chat/completions", CHAT, cookie)
+    assert_openai_error(status, headers, body, 401, "invalid_api_key")
+    status, _, _ = http("POST", f"{server.base}/chat/completions", CHAT,
+                        {**cookie, "X-Keel-Console": "1"})
+    assert status == 200
 
 
 def test_any_valid_key_lists_models_and_an_unknown_url_stays_a_404(server):

@@ -1,0 +1,80 @@
+"""Console fixtures: an in-process Keel on the fake provider, and a real Chromium for the
+browser tests.
+
+`keel_console` is for server tests of each page's data (no browser): a Keel on a real loopback
+socket, with the fake provider's models, whose store the test fills through the API (real
+requests make real traces). Browser tests mark themselves `browser` and use `chromium`:
+Debian's chromium (or the one KEEL_CHROMIUM names) driven by Playwright by its executable path.
+`screenshot(page, name)` writes a full-page PNG under KEEL_TEST_ARTIFACTS (default
+build/test-artifacts/console); with KEEL_UPDATE_SCREENSHOTS=1 it also refreshes the README's
+copy under docs/images/console-<name>.png.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from keel.api import create_app
+from keel.gateway import Gateway
+from tests.api.conftest import fake_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("KEEL_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts")) / "console"
+README_IMAGES = ROOT / "docs" / "images"
+
+
+@pytest.fixture
+async def keel_console(tmp_path):
+    """(base URL without /v1, gateway) of an in-process Keel, auth off, fake provider."""
+    gateway = Gateway(fake_config(tmp_path))
+    server = TestServer(create_app(gateway), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/"), gateway
+    await server.close()
+
+
+@pytest.fixture
+async def http():
+    async with ClientSession() as s:
+        yield s
+
+
+def chromium_path() -> str | None:
+    named = os.environ.get("KEEL_CHROMIUM")
+    if named:
+        return named
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A Playwright Chromium browser (Debian's chromium, launched by path)."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no chromium: install Debian's `chromium` package or set KEEL_CHROMIUM")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """A full-page screenshot as a test artefact (and the README's copy, when asked)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("KEEL_UPDATE_SCREENSHOTS") == "1":
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, README_IMAGES / f"console-{name}.png")
+    return path
