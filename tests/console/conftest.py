@@ -78,3 +78,69 @@ def screenshot(page, name: str) -> Path:
         README_IMAGES.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, README_IMAGES / f"console-{name}.png")
     return path
+
+
+# The site the browser tests open: `keel serve` (a real process on a real socket) on the fake
+# provider. fake/slow-150 streams a word every 150 ms (long enough to press Stop); console/grounded
+# answers from the support FAQ (ingested with the embedded MiniLM) and returns citations;
+# console/guarded blocks a request that mentions "forbidden-topic" and redacts order numbers
+# (ORD-123456) before the model sees them. Extend it rather than start another server: each start
+# costs seconds.
+CONSOLE_CONFIG = r"""
+providers:
+  fake: {kind: fake}
+models:
+  fake/echo: {provider: fake, model: echo}
+  fake/slow-150:
+    provider: fake
+    model: slow-150
+    console:
+      description: "echoes you back, one word every 150 ms"
+      suggested_prompts: ["Tell me a story about a lighthouse keeper", "What can you do?"]
+  console/grounded:
+    provider: fake
+    model: echo
+    knowledge: {collection: support, top_k: 2}
+    console:
+      suggested_prompts: ["How do I reset my password?"]
+  console/guarded:
+    provider: fake
+    model: echo
+    guardrails:
+      input:
+        - denylist: {words: [forbidden-topic], action: block, name: topics}
+        - regex: {patterns: {ORDER_ID: 'ORD-\d{6}'}, action: redact}
+"""
+
+
+def ingest_faq(workdir: Path) -> None:
+    """The support FAQ into collection `support`, as a user would: `keel ingest`."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "keel", "ingest", str(ROOT / "examples" / "support-bot" / "faq"),
+         "--collection", "support", "--config", "keel.yaml"],
+        cwd=workdir, check=True, capture_output=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def console_site(tmp_path_factory):
+    """Base URL (no /v1) of a `keel serve` with CONSOLE_CONFIG, auth off, the FAQ ingested."""
+    from tests.servers import keel_server
+
+    workdir = tmp_path_factory.mktemp("console-site")
+    (workdir / "keel.yaml").write_text(CONSOLE_CONFIG)
+    ingest_faq(workdir)
+    with keel_server(workdir, CONSOLE_CONFIG) as base:
+        yield base.removesuffix("/v1")
+
+
+@pytest.fixture
+def page(chromium, console_site):
+    """A fresh browser page (1280×900) on the console site; closed after the test."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=console_site)
+    page = context.new_page()
+    yield page
+    context.close()
