@@ -288,3 +288,46 @@ def test_choose_text_falls_back_to_conversation():
                          {"role": "assistant", "content": "hello"}]}
     assert learned.request_text(body) == "hello"
     assert asyncio.iscoroutinefunction(learned.LearnedRouter.choose)
+
+
+async def test_a_served_route_sends_each_request_to_the_group_the_trained_model_picks(
+        trained, tmp_path):
+    """End to end over a real socket: keel.yaml-shaped config, a trained model file, and the
+    answer (and x-keel-model) coming from the deployment of the group the router chose."""
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from keel.api import create_app
+    from keel.gateway import Gateway
+
+    model, _, _ = trained
+    path = model.save(tmp_path / "router.npz")
+    config = KeelConfig.model_validate({
+        "state_dir": str(tmp_path),
+        "providers": {"fake": {"kind": "fake"}},
+        "models": {"assistant": {"router": {
+            "deployments": [{"provider": "fake", "model": "fixed:from the strong model",
+                             "group": "strong"},
+                            {"provider": "fake", "model": "fixed:from the cheap model",
+                             "group": "cheap"}],
+            "learned": {"model_file": str(path), "threshold": 0.5},
+        }}},
+    })
+    gateway = Gateway(config)
+    server = TestServer(create_app(gateway), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as http:
+            async def ask(text: str) -> tuple[str, str]:
+                body = {"model": "assistant", "messages": [{"role": "user", "content": text}]}
+                async with http.post(server.make_url("/v1/chat/completions"), json=body) as r:
+                    assert r.status == 200, await r.text()
+                    answer = (await r.json())["choices"][0]["message"]["content"]
+                    return answer, r.headers["x-keel-model"]
+
+            assert await ask("What is a good recipe for gnocchi?") == (
+                "from the cheap model", "fixed:from the cheap model")
+            assert await ask("Can I deduct my internet bill from income tax?") == (
+                "from the strong model", "fixed:from the strong model")
+    finally:
+        await server.close()
