@@ -14,7 +14,8 @@ The web console (keel.console) signs in by putting the key in an HttpOnly, SameS
 cookie. The cookie counts only for the console's own page loads (GET /console/...) and for
 requests that carry the `X-Keel-Console` or `HX-Request` header: a browser sends such a header
 cross-origin only after a CORS preflight, which Keel never grants, so another site cannot spend
-the key. A console page whose cookie is missing or refused redirects to /console/login. With auth off (`gateway.keys is None`: no KEEL_ADMIN_KEY
+the key; a console form posted without JavaScript counts too when the browser marks it
+`Sec-Fetch-Site: same-origin`. A console page whose cookie is missing or refused redirects to /console/login. With auth off (`gateway.keys is None`: no KEEL_ADMIN_KEY
 and no `auth:` section, which `check_exposure` allows on loopback only) every request is the
 anonymous principal, with every surface.
 """
@@ -30,7 +31,9 @@ from keel.api.appkeys import GATEWAY
 from keel.errors import AuthenticationError, ConfigError, PermissionDenied
 from keel.ops.principal import ANONYMOUS, Principal, authorize
 
-PRINCIPAL = "keel.principal"
+# Typed request storage where aiohttp has it (3.12+); a plain name before.
+PRINCIPAL = web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") \
+    else "keel.principal"
 log = logging.getLogger("keel.auth")
 
 PUBLIC = "public"  # no key needed
@@ -98,7 +101,12 @@ def token_of(request: web.Request) -> str | None:
 def _console_cookie_counts(request: web.Request) -> bool:
     if any(h in request.headers for h in CONSOLE_HEADERS):
         return True
-    return request.method in ("GET", "HEAD") and is_console_path(request.path)
+    if not is_console_path(request.path):
+        return False
+    # A console form posted without JavaScript: browsers mark where a request comes from, and
+    # SameSite=Strict already keeps the cookie off another site's requests.
+    return (request.method in ("GET", "HEAD")
+            or request.headers.get("Sec-Fetch-Site") == "same-origin")
 
 
 def is_console_path(path: str) -> bool:

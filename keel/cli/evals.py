@@ -205,7 +205,9 @@ def list_command(limit, suite, config_path, db_url, as_json) -> None:
 @store_options
 @json_option
 def show_command(run_id, samples, config_path, db_url, as_json) -> None:
-    """One run: its audit (dataset, variants, graders, judge, git, Keel version) and summary."""
+    """One run: its audit (dataset, variants, graders, judge, git, Keel version), summary and
+    the human grades given to its outputs (`keel eval annotate`, or the console)."""
+    from keel.evals.annotate import run_annotations
     from keel.evals.report import export_rows, summary_table
     from keel.evals.runs import get_run, results, run_samples
 
@@ -213,14 +215,31 @@ def show_command(run_id, samples, config_path, db_url, as_json) -> None:
         run = get_run(store, run_id)
         cells = results(store, run["id"]) if (samples or as_json) else []
         by_id = run_samples(store, run) if (samples or as_json) else {}
+        notes = run_annotations(store, run["id"])
     if as_json:
-        click.echo(common.dumps({**run, "results": export_rows(run, cells, by_id)}))
+        click.echo(common.dumps({**run, "results": export_rows(run, cells, by_id),
+                                 "annotations": notes}))
         return
     console = common.console()
     _print_audit(console, run)
     console.print(summary_table(run.get("summary") or {}))
+    if notes:
+        console.print(Text(f"\n{len(notes)} human annotation(s)", style="bold"))
+        console.print(_annotations_table(notes))
     if samples:
         console.print(_cells_table(export_rows(run, cells, by_id)))
+
+
+def _annotations_table(notes: list[dict]) -> Table:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in ("sample", "variant", "grade", "annotator", "time", "comment", "ideal"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("sample", "grade", "time"))
+    for n in notes:
+        repeat = f"#{n['repeat']}" if n.get("repeat") else ""
+        table.add_row(n["sample_id"] + repeat, n.get("variant") or "-", n.get("label") or "-",
+                      n.get("annotator") or "-", common.when(n["created_at"]),
+                      n.get("comment") or "", _short(_ideal(n.get("ideal")), 60))
+    return table
 
 
 def _print_audit(console: Console, run: dict) -> None:

@@ -5,10 +5,15 @@
     parse_grade(text)                                "pass", "f", "4", "superset" -> Answer
     save_annotation(store, item, answer, annotator)  one row in eval_annotations, at once
     run_annotations(store, run_id)                   what people said about a run's outputs
+    trace_queue(store, annotator, feedback)          traces with feedback, their answers to grade
+    trace_annotations(store, trace_id)               what people said about a trace's answer
+    latest_answers(store, annotator, ...)            this annotator's latest answer per item
     version_with_ideals(store, name, version, ...)   a new dataset version with people's ideals
 
-The terminal loop is `keel eval annotate` (keel/cli/eval_human.py); each answer is saved as it
-is given, so quitting midway loses nothing and the next session starts where this one stopped.
+The terminal loop is `keel eval annotate` (keel/cli/eval_human.py) and the browser's is the
+console's /console/annotate (keel/console/views/annotate.py): both save the same rows, each
+answer as it is given, so quitting midway loses nothing and the next session starts where this
+one stopped. A trace's annotation has neither run nor dataset: its sample_id is the trace id.
 """
 
 from __future__ import annotations
@@ -91,21 +96,24 @@ def parse_grade(text: str) -> Answer:
 
 
 def dataset_queue(
-    store: Store, name: str, version: str | None, annotator: str
+    store: Store, name: str, version: str | None, annotator: str, *, include_done: bool = False
 ) -> tuple[dict, list[Item]]:
+    """The samples left for `annotator` (all of them with `include_done`)."""
     meta, samples = get_dataset(store, name, version)
     # Any version of the dataset counts: writing an ideal answer makes a new version, and the
     # next session on it must still start where this one stopped.
     versions = sa.select(eval_datasets.c.id).where(eval_datasets.c.name == meta["name"])
     done = _annotated(store, eval_annotations.c.dataset_id.in_(versions), annotator)
     items = [Item(sample_id=s.id, sample=s, dataset_id=meta["id"]) for s in samples
-             if (None, s.id, None) not in done]
+             if include_done or (None, s.id, None) not in done]
     return meta, items
 
 
 def run_queue(
-    store: Store, run_id: str, annotator: str, variant: str | None = None
+    store: Store, run_id: str, annotator: str, variant: str | None = None, *,
+    include_done: bool = False,
 ) -> tuple[dict, list[Item]]:
+    """The run's outputs left for `annotator` (all of them with `include_done`)."""
     run = get_run(store, run_id)
     samples = _run_samples(store, run)
     query = (sa.select(eval_results).where(eval_results.c.run_id == run["id"])
@@ -120,7 +128,8 @@ def run_queue(
         Item(sample_id=r["sample_id"], sample=samples.get(r["sample_id"]), run_id=run["id"],
              variant=r["variant"], repeat=r["repeat"], output=r["output"] or r["error"],
              grades=r["grades"] or {})
-        for r in results if (r["variant"], r["sample_id"], r["repeat"]) not in done
+        for r in results
+        if include_done or (r["variant"], r["sample_id"], r["repeat"]) not in done
     ]
     # Dataset order, then variant: a person sees every variant's answer to one sample together.
     items.sort(key=lambda i: (order.get(i.sample_id, len(order)), i.variant, i.repeat))
@@ -160,6 +169,73 @@ def _annotated(store: Store, where, annotator: str) -> set[tuple]:
         return {tuple(row) for row in conn.execute(query).all()}
 
 
+def trace_queue(
+    store: Store, annotator: str, feedback: str = "any", *, limit: int = 200,
+    include_done: bool = False,
+) -> list[Item]:
+    """Traces with feedback (`feedback`: any, down or up, by each trace's latest), newest
+    first, as items whose output is the answer the gateway gave; a user's correction is the
+    sample's ideal. Only traces with recorded chat messages qualify."""
+    from keel.evals.datasets import sample_from_trace
+    from keel.ops.feedback import traces_for_dataset
+
+    if feedback not in ("any", "down", "up"):
+        raise InvalidRequest(f"feedback: expected any, down or up, got {feedback!r}",
+                             param="feedback")
+    found = traces_for_dataset(store, feedback=feedback, limit=limit)
+    done = set() if include_done else _annotated(store, _trace_rows(), annotator)
+    items = []
+    for trace in found:
+        if (None, trace["id"], None) in done:
+            continue
+        sample = sample_from_trace(trace)
+        items.append(Item(sample_id=trace["id"], sample=sample,
+                          output=sample.metadata.get("output"),
+                          grades=_feedback_grade(trace.get("feedback"))))
+    return items
+
+
+def _trace_rows():
+    return sa.and_(eval_annotations.c.run_id.is_(None), eval_annotations.c.dataset_id.is_(None))
+
+
+def _feedback_grade(feedback: dict | None) -> dict[str, dict]:
+    """The user's feedback shown as a verdict beside the output, as a run shows its graders'."""
+    if not feedback:
+        return {}
+    from keel.ops.feedback import sentiment
+
+    mood = sentiment(feedback["score"], feedback.get("scale"))
+    return {"user feedback": {"score": feedback["score"], "label": mood,
+                              "passed": None if mood == "neutral" else mood == "up",
+                              "reasoning": feedback.get("comment") or ""}}
+
+
+def latest_answers(
+    store: Store, annotator: str, *, run_id: str | None = None, dataset_name: str | None = None,
+    traces: bool = False,
+) -> dict[tuple, dict[str, Any]]:
+    """(variant, sample_id, repeat) -> this annotator's latest annotation of that item, in a
+    run, in any version of a dataset, or on traces (give one)."""
+    if run_id is not None:
+        where = eval_annotations.c.run_id == run_id
+    elif dataset_name is not None:
+        versions = sa.select(eval_datasets.c.id).where(eval_datasets.c.name == dataset_name)
+        where = eval_annotations.c.dataset_id.in_(versions)
+    elif traces:
+        where = _trace_rows()
+    else:
+        raise InvalidRequest("latest_answers: give a run, a dataset or traces")
+    query = (sa.select(eval_annotations).where(where, eval_annotations.c.annotator == annotator)
+             .order_by(eval_annotations.c.created_at, eval_annotations.c.id))
+    latest: dict[tuple, dict[str, Any]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(query).mappings().all():
+            latest[(row["variant"], row["sample_id"], row["repeat"])] = {
+                str(k): v for k, v in row.items()}
+    return latest
+
+
 # -- saving and reading answers --------------------------------------------------------------
 
 
@@ -184,6 +260,16 @@ def save_annotation(store: Store, item: Item, answer: Answer, annotator: str) ->
 def run_annotations(store: Store, run_id: str) -> list[dict[str, Any]]:
     """The annotations of a run's outputs, oldest first."""
     query = (sa.select(eval_annotations).where(eval_annotations.c.run_id == run_id)
+             .order_by(eval_annotations.c.created_at, eval_annotations.c.id))
+    with store.engine.connect() as conn:
+        return [{str(k): v for k, v in row.items()}
+                for row in conn.execute(query).mappings().all()]
+
+
+def trace_annotations(store: Store, trace_id: str) -> list[dict[str, Any]]:
+    """The annotations of a trace's answer (made from the traces queue), oldest first."""
+    query = (sa.select(eval_annotations)
+             .where(_trace_rows(), eval_annotations.c.sample_id == trace_id)
              .order_by(eval_annotations.c.created_at, eval_annotations.c.id))
     with store.engine.connect() as conn:
         return [{str(k): v for k, v in row.items()}

@@ -94,7 +94,10 @@ def call(base: str, method: str, canonical: str, key: str | None = None, header=
 
 
 def _parsed(response):
-    """JSON bodies parsed; others (/metrics is Prometheus text) as text."""
+    """JSON bodies parsed; others (/metrics is Prometheus text) as text. An event stream (the
+    console's live traces) never ends by itself: only its status and headers are checked."""
+    if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        return ""
     raw = response.read()
     if response.headers.get("Content-Type", "").startswith("application/json"):
         return json.loads(raw)

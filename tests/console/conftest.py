@@ -90,7 +90,7 @@ CONSOLE_CONFIG = r"""
 providers:
   fake: {kind: fake}
 models:
-  fake/echo: {provider: fake, model: echo}
+  fake/echo: {provider: fake, model: echo, pricing: {input: 2.5, output: 10}}
   fake/slow-150:
     provider: fake
     model: slow-150
@@ -126,15 +126,29 @@ def ingest_faq(workdir: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def console_site(tmp_path_factory):
-    """Base URL (no /v1) of a `keel serve` with CONSOLE_CONFIG, auth off, the FAQ ingested."""
-    from tests.servers import keel_server
-
+def console_site_dir(tmp_path_factory) -> Path:
+    """The working directory of `console_site`: its keel.yaml and keel.db, for CLI commands
+    (`keel eval run`, `keel eval dataset import`) that write into the same store."""
     workdir = tmp_path_factory.mktemp("console-site")
     (workdir / "keel.yaml").write_text(CONSOLE_CONFIG)
     ingest_faq(workdir)
-    with keel_server(workdir, CONSOLE_CONFIG) as base:
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def console_site(console_site_dir):
+    """Base URL (no /v1) of a `keel serve` with CONSOLE_CONFIG, auth off, the FAQ ingested."""
+    from tests.servers import keel_server
+
+    with keel_server(console_site_dir, CONSOLE_CONFIG) as base:
         yield base.removesuffix("/v1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests run last. Playwright's sync API keeps its event loop marked as running in
+    the main thread while the browser is open (for the session), and pytest-asyncio cannot start
+    a test's loop inside it: any async test after the first browser test would fail at setup."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 @pytest.fixture

@@ -93,3 +93,19 @@ def test_vendored_files_are_the_ones_their_readme_records():
         assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
     for licence in ("htmx.LICENSE", "uPlot.LICENSE"):
         assert (VENDOR / licence).stat().st_size > 100
+
+
+async def test_a_console_form_counts_the_cookie_only_when_the_browser_says_same_origin(
+        secured, http):
+    base, _ = secured
+    cookie = {"Cookie": f"keel_console={ADMIN_KEY}"}
+    async with http.post(f"{base}/console/logout", headers=cookie, allow_redirects=False) as r:
+        assert r.status == 303  # public either way
+    url = f"{base}/console/traces/x/replay"
+    async with http.post(url, headers={**cookie, "Sec-Fetch-Site": "cross-site"}) as r:
+        assert r.status == 401
+    async with http.post(url, headers={**cookie, "Sec-Fetch-Site": "same-origin"}) as r:
+        assert r.status == 404  # signed in: the trace does not exist
+    async with http.post(f"{base}/v1/chat/completions", json={"model": "fake/echo"},
+                         headers={**cookie, "Sec-Fetch-Site": "same-origin"}) as r:
+        assert r.status == 401  # the API itself never takes the cookie without a header

@@ -136,6 +136,26 @@ def test_run_annotation_shows_output_and_verdicts(db_url, store):  # noqa: F811
     assert [s.ideal for s in latest] == ["answer 0", "the real answer", "answer 2"]
 
 
+def test_eval_show_lists_the_human_grades_of_a_run(db_url, store):  # noqa: F811
+    import json
+
+    from keel.cli.main import cli as keel_cli
+
+    run_id = make_run(store, [
+        {"variant": "base", "sample_id": "q0", "output": {"text": "an answer"}},
+        {"variant": "base", "sample_id": "q1", "output": {"text": "another"}},
+    ])
+    result = run(db_url, "--run", run_id, "--annotator", "ann", input="pass\nlooks right\nq\n")
+    assert result.exit_code == 0, result.output
+    shown = CliRunner().invoke(keel_cli, ["eval", "show", run_id, "--db", db_url],
+                               catch_exceptions=False).output
+    assert "1 human annotation(s)" in shown and "looks right" in shown and "ann" in shown
+    shown = CliRunner().invoke(keel_cli, ["eval", "show", run_id, "--db", db_url, "--json"],
+                               catch_exceptions=False).output
+    (note,) = json.loads(shown)["annotations"]
+    assert (note["sample_id"], note["label"], note["annotator"]) == ("q0", "pass", "ann")
+
+
 def test_annotate_needs_exactly_one_target(db_url, store):  # noqa: F811
     make_dataset(store)
     result = run(db_url, input="")

@@ -94,6 +94,16 @@ class KnowledgeBase(SearchMixin, IngestMixin):
     async def collections(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._read, records.list_collections)
 
+    async def documents(self, collection: str, *, offset: int = 0,
+                        limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        """A page of a collection's documents (id order, with chunk counts) and their total."""
+
+        def read(conn):
+            info = records.require_collection(conn, collection)
+            return records.list_documents(conn, info.id, offset=offset, limit=limit)
+
+        return await asyncio.to_thread(self._read, read)
+
     async def version(self, collection: str) -> str:
         info = await asyncio.to_thread(self._read, records.require_collection, collection)
         return info.version

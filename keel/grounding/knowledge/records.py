@@ -169,6 +169,28 @@ def stored_documents(conn: Connection, collection_id: int) -> dict[str, StoredDo
     return {row.doc_id: StoredDocument(*row) for row in rows}
 
 
+def list_documents(conn: Connection, collection_id: int, *, offset: int = 0,
+                   limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+    """A page of the collection's documents in id order, each with its chunk count, and how
+    many documents it has in all."""
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(documents)
+        .where(documents.c.collection_id == collection_id)
+    ).scalar_one()
+    counts = (sa.select(chunks.c.document_id, sa.func.count().label("chunks"))
+              .where(chunks.c.collection_id == collection_id)
+              .group_by(chunks.c.document_id).subquery())
+    rows = conn.execute(
+        sa.select(documents.c.doc_id, documents.c.source, documents.c.title, documents.c.path,
+                  documents.c.metadata, documents.c.updated_at,
+                  sa.func.coalesce(counts.c.chunks, 0).label("chunks"))
+        .outerjoin(counts, counts.c.document_id == documents.c.id)
+        .where(documents.c.collection_id == collection_id)
+        .order_by(documents.c.doc_id).offset(offset).limit(limit)
+    ).mappings().all()
+    return [{**row, "metadata": row["metadata"] or {}} for row in rows], int(total)
+
+
 def delete_documents(conn: Connection, collection_id: int, pks: list[int] | None) -> None:
     """Delete these documents (all of the collection's when `pks` is None) and their chunks."""
     # Chunks first and explicitly, so SQLite's FTS triggers see every deleted row.
