@@ -46,7 +46,9 @@
                     value: (u, v, si, idx) => idx == null ? "—" : format(s.own[idx]) });
       values.push(s.top);
     });
-    const y = { stroke: ink, grid: { stroke: grid }, size: 70, values: (u, ticks) => ticks.map(format) };
+    // The axis is as wide as its longest label (small spends print many digits).
+    const y = { stroke: ink, grid: { stroke: grid }, values: (u, ticks) => ticks.map(format),
+                size: (u, values) => 16 + 8 * Math.max(4, ...(values || []).map(v => String(v).length)) };
     if (steps) y.incrs = steps;
     const opts = {
       width: Math.max(280, el.clientWidth), height: 260, series: series,
