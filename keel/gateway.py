@@ -95,14 +95,18 @@ class Gateway:
         check_request(route.layers, body)
         return Context(body=body, route=route, trace=trace, headers=headers or {})
 
-    async def complete(self, body: dict, *, trace: Trace | None = None) -> dict:
+    async def complete(self, body: dict, *, trace: Trace | None = None,
+                       principal=None) -> dict:
         """A non-streaming chat completion through the whole pipeline, traced (library use).
         Pass a `Trace` to learn its id (`trace.id`) and what it recorded. Errors propagate as
-        raised; the trace records them as the HTTP path does (`recording`)."""
+        raised; the trace records them as the HTTP path does (`recording`). With a `principal`
+        (the console's replay), its model scope, limits and budget apply as on the HTTP path."""
         trace = trace or Trace()
         trace.request = dict(body)
         with self.recording(trace):
             ctx = self.context_for(dict(body, stream=False), trace)
+            if principal is not None:
+                await self.admit(principal, trace, ctx.route.name, ctx.route.limits)
             result = await ctx.route.handler(ctx)
             await finish(ctx)
             trace.response = result

@@ -41,7 +41,7 @@ def _cost(value: float | None) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
-def _number(value: float | int | None, digits: int = 3) -> str:
+def _number(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "—"
     if isinstance(value, int):

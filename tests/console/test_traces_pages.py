@@ -243,3 +243,43 @@ async def test_live_feed_needs_a_starting_point(keel_console, http):
     for query in ("", "?after=soon", "?after=1&status=teapot"):
         async with http.get(f"{base}/console/traces/live{query}") as r:
             assert r.status == 400
+
+
+async def test_replay_is_admitted_as_the_signed_in_key(tmp_path, http):
+    """A key without `chat` cannot replay (the page says why); one scoped to other models is
+    refused as the API would refuse it, and no model is called."""
+    from aiohttp.test_utils import TestServer
+
+    from keel.api import create_app
+    from keel.config import AuthConfig
+    from keel.gateway import Gateway
+    from keel.ops.keys import KeyStore
+    from tests.api.conftest import fake_config
+
+    admin = "sk-admin-replay-test-0123456789"
+    gateway = Gateway(fake_config(tmp_path, auth=AuthConfig(admin_key=admin)))
+    server = TestServer(create_app(gateway), host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        async with http.post(f"{base}/v1/chat/completions", headers={
+                "Authorization": f"Bearer {admin}"}, json={
+                "model": "fake/echo", "messages": [{"role": "user", "content": "hi"}]}) as r:
+            original = r.headers["x-keel-trace-id"]
+        await flushed(gateway)
+        keys = KeyStore(gateway.runtime.store)
+        _, viewer = keys.create("viewer", surfaces=["console"])
+        _, scoped = keys.create("scoped", surfaces=["console", "chat"], models=["fake/json"])
+        for key, says in ((viewer, "this key may not use chat"),
+                          (scoped, "may not use the model")):
+            headers = {"Cookie": f"keel_console={key}", "HX-Request": "true"}
+            async with http.post(f"{base}/console/traces/{original}/replay",
+                                 headers=headers) as r:
+                assert r.status == 200 and says in html.unescape(await r.text()), says
+        await flushed(gateway)
+        from keel.ops.trace_queries import list_traces
+
+        calls = list_traces(gateway.runtime.store, 10)
+        assert [t["status"] for t in calls] == [403, 200]  # the scoped key's refusal, traced
+    finally:
+        await server.close()

@@ -28,7 +28,6 @@ from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.ops.feedback import feedback_for, sentiment
 from keel.ops.trace_queries import cursor, get_trace, list_traces, parse_cursor
 from keel.pipeline import Trace
-from keel.pipeline.context import finish
 
 PAGE_SIZE = 50
 LIVE_POLL_S = 1.0
@@ -213,7 +212,7 @@ async def trace_page(request: web.Request) -> web.Response:
         entry["sentiment"] = sentiment(entry["score"], entry["scale"])
     return render(request, "trace.html", title=f"Trace {trace['id'][:12]}", trace=trace,
                   view=trace_view(trace), feedback=feedback,
-                  replay=replay_notes(trace, request.app[GATEWAY]))
+                  replay=replay_notes(trace, request.app[GATEWAY], principal_of(request)))
 
 
 def trace_view(trace: dict[str, Any]) -> dict[str, Any]:
@@ -315,8 +314,12 @@ def _span_kind(name: str, attrs: dict[str, Any]) -> str:
 # -- replay --------------------------------------------------------------------------------
 
 
-def replay_notes(trace: dict[str, Any], gateway) -> dict[str, Any]:
-    """Whether the trace can be replayed, and what to say about seed and streaming."""
+def replay_notes(trace: dict[str, Any], gateway, principal) -> dict[str, Any]:
+    """Whether the trace can be replayed (by this key), and what to say about seed and
+    streaming."""
+    if not principal.may_use("chat"):
+        return {"possible": False, "why": "Replaying sends a chat request, and this key may not "
+                "use chat (an admin can grant it: `keel keys create --surfaces console,chat`)."}
     request = trace.get("request")
     if trace.get("endpoint") != "chat.completions":
         return {"possible": False, "why": "Only chat completions can be replayed."}
@@ -338,7 +341,7 @@ async def trace_replay(request: web.Request) -> web.Response:
         return _error_page(request, 404, "Trace not found", exc.message)
     except InvalidRequest as exc:
         return _error_page(request, 400, "Ambiguous trace id", exc.message)
-    notes = replay_notes(original, gateway)
+    notes = replay_notes(original, gateway, principal_of(request))
     context: dict[str, Any] = {"original": original, "notes": notes, "replay": None,
                                "error": None, "original_view": trace_view(original)}
     if notes["possible"]:
@@ -366,19 +369,12 @@ async def trace_replay(request: web.Request) -> web.Response:
 
 async def _replay(gateway, request: web.Request, original: dict[str, Any], trace: Trace) -> None:
     """The original body once more, non-streamed, through the route's layers, admitted as the
-    console's own key and recorded as a new trace (as POST /v1/chat/completions would)."""
+    signed-in key and recorded as a new trace."""
+    principal = principal_of(request)
     body = {k: v for k, v in original["request"].items() if k not in ("stream", "stream_options")}
-    trace.request = dict(body)
     trace.user = body.get("user") if isinstance(body.get("user"), str) else None
     trace.session_id = original.get("session_id")
-    with gateway.recording(trace):
-        ctx = gateway.context_for(dict(body), trace)
-        await gateway.admit(principal_of(request), trace, ctx.route.name, ctx.route.limits)
-        result = await ctx.route.handler(ctx)
-        await finish(ctx)
-        trace.response = result
-        trace.record_usage(result.get("usage"))
-        trace.system_fingerprint = result.get("system_fingerprint")
+    await gateway.complete(body, trace=trace, principal=principal)
 
 
 # -- errors --------------------------------------------------------------------------------
