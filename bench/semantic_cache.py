@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     test = {"test": tv.load_pairs(args.pairs)["test"]}
     embedded, fingerprint = tv.embed_pairs(test, args.cache)
     verifier.check_embedder(fingerprint)
-    pairs = tv.PairSet(test["test"], embedded)
+    pairs = tv.PairSet(test["test"], embedded, verifier.idf)
     result = quality(pairs, verifier)
     print_table(result)
     try:

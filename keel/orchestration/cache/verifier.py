@@ -12,6 +12,8 @@ docs/cache-verifier.md for the data, the features and the measured precision/rec
 - inputs: the cosine and pair features embeddings miss: differing content words (count,
   share, a substitution), negation mismatch, numbers that differ, capitalised names that
   differ, a different question word (how/why/when…), word and bigram Jaccard, length ratio;
+  and, for weights that carry an IDF table of their training questions (the shipped ones do),
+  the same word differences weighted by how rare the words are (IDF_FEATURES);
 - model: a logistic regression or a small MLP (chosen on validation), numpy only: ~0.1 ms a
   pair. By default it reads only these features (the embeddings' |u−v| and u∘v did not help
   on validation; `--vectors` tries them, and such weights need the vectors at lookup).
@@ -69,6 +71,15 @@ HAND_FEATURES = (
     "names_differ",
     "question_word_differs",
     "one_side_only_words",
+)
+# Features weighted by how rare a word is in the training questions (inverse document
+# frequency): a differing "the" matters less than a differing "Kubernetes". Only weights that
+# carry an IDF table (`Verifier.idf`) read them; they follow HAND_FEATURES in the inputs.
+IDF_FEATURES = (
+    "idf_jaccard",
+    "idf_rarest_differing",
+    "idf_substitution",
+    "idf_differing_sum",
 )
 
 
@@ -152,6 +163,45 @@ def pair_features(a: str, b: str, cosine: float) -> np.ndarray:
     )
 
 
+def idf_table(questions, min_count: int = 2) -> tuple[dict[str, float], float]:
+    """({content word: idf}, idf of any other word) over `questions` (training questions only):
+    idf = ln((n + 1) / (df + 1)); words seen fewer than `min_count` times are left out (they
+    get the default, the idf of a word seen once), which keeps the table small."""
+    df: dict[str, int] = {}
+    n = 0
+    for q in questions:
+        n += 1
+        for w in _content(words(q)):
+            df[w] = df.get(w, 0) + 1
+    default = float(np.log((n + 1) / 2))
+    return {w: float(np.log((n + 1) / (c + 1))) for w, c in df.items() if c >= min_count}, default
+
+
+def idf_features(a: str, b: str, idf: dict[str, float], default: float) -> np.ndarray:
+    """IDF_FEATURES of a pair (symmetric): IDF-weighted Jaccard of content words, the rarest
+    differing word, the rarer side of a substitution, and the summed IDF of differing words."""
+    ca, cb = _content(words(a)), _content(words(b))
+    weight = lambda ws: [idf.get(w, default) for w in ws]
+    union, common, differing = ca | cb, ca & cb, ca ^ cb
+    rarest = lambda ws: max(weight(ws), default=0.0)
+    return np.array(
+        [
+            sum(weight(common)) / sum(weight(union)) if union else 1.0,
+            rarest(differing) / default,
+            min(rarest(ca - cb), rarest(cb - ca)) / default,
+            min(sum(weight(differing)), 30.0) / 30.0,
+        ],
+        dtype=np.float32,
+    )
+
+
+def text_features(a: str, b: str, cosine: float,
+                  idf: tuple[dict[str, float], float] | None = None) -> np.ndarray:
+    """HAND_FEATURES, then IDF_FEATURES when an IDF table (table, default) is given."""
+    hand = pair_features(a, b, cosine)
+    return hand if idf is None else np.concatenate([hand, idf_features(a, b, *idf)])
+
+
 def veto(a: str, b: str) -> str | None:
     """A reason to refuse the pair whatever the model says: one question negated and the other
     not, or both naming numbers that differ ("in 2010" / "in 2020"). Quora's labels call some
@@ -186,11 +236,17 @@ class Verifier:
     w1: np.ndarray | None = None  # (inputs, hidden); None: a logistic regression
     b1: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    idf: tuple[dict[str, float], float] | None = None  # (word -> idf, default): IDF_FEATURES
 
     @classmethod
     def load(cls, path: Path | str = WEIGHTS) -> Verifier:
         try:
             with np.load(path, allow_pickle=False) as f:
+                idf = None
+                if "idf_words" in f:
+                    idf = (dict(zip(f["idf_words"].tolist(),
+                                    f["idf_values"].astype(np.float32).tolist())),
+                           float(f["idf_default"]))
                 return cls(
                     **head_from(f),
                     threshold=float(f["threshold"]),
@@ -199,11 +255,20 @@ class Verifier:
                     mean=f["mean"].astype(np.float32),
                     scale=f["scale"].astype(np.float32),
                     meta=json.loads(str(f["meta"])),
+                    idf=idf,
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise ConfigError(f"cache verifier: cannot read weights {path}: {exc}") from None
 
     def save(self, path: Path | str) -> None:
+        table = {}
+        if self.idf is not None:
+            words_ = sorted(self.idf[0])
+            table = {
+                "idf_words": np.array(words_, dtype=np.str_),
+                "idf_values": np.array([self.idf[0][w] for w in words_], np.float16),
+                "idf_default": np.float64(self.idf[1]),
+            }
         np.savez_compressed(
             path,
             **head_arrays(self.w, self.b, self.w1, self.b1),
@@ -213,6 +278,7 @@ class Verifier:
             mean=self.mean.astype(np.float32),
             scale=self.scale.astype(np.float32),
             meta=np.str_(json.dumps(self.meta)),
+            **table,
         )
 
     def check_embedder(self, fingerprint: str) -> None:
@@ -232,13 +298,21 @@ class Verifier:
     def uses_vectors(self) -> bool:
         """Whether the model reads the two embeddings (trained with --vectors) or only the
         hand-made features."""
-        return self.mean.shape[0] != len(HAND_FEATURES)
+        return self.mean.shape[0] != self.text_feature_count
+
+    @property
+    def text_feature_count(self) -> int:
+        return len(HAND_FEATURES) + (len(IDF_FEATURES) if self.idf is not None else 0)
+
+    def text_features(self, query: str, cached_query: str, similarity: float) -> np.ndarray:
+        """The features this model reads from the two texts (and the cosine)."""
+        return text_features(query, cached_query, similarity, self.idf)
 
     def score(
         self, query: str, cached_query: str, similarity: float,
         query_vector: np.ndarray | None = None, cached_vector: np.ndarray | None = None,
     ) -> float:
-        hand = pair_features(query, cached_query, similarity)[None, :]
+        hand = self.text_features(query, cached_query, similarity)[None, :]
         if not self.uses_vectors:
             return float(self.scores(hand)[0])
         if query_vector is None or cached_vector is None:
