@@ -29,6 +29,7 @@ def cli() -> None:
 
 def _register() -> None:
     from keel.cli.cache import cache_group
+    from keel.cli.distill import distill_group
     from keel.cli.evals import eval_group
     from keel.cli.fake_upstream import fake_upstream
     from keel.cli.guard import guard_group
@@ -40,7 +41,7 @@ def _register() -> None:
     from keel.cli.usage import usage
 
     for command in (serve, ingest, search, collections, eval_group, traces, fake_upstream,
-                    keys, usage, guard_group, router_group, cache_group):
+                    keys, usage, guard_group, router_group, cache_group, distill_group):
         cli.add_command(command)
 
 

@@ -282,3 +282,53 @@ cache_entries = sa.Table(
     # replica's in-memory index must never come to name another entry.
     sqlite_autoincrement=True,
 )
+
+# -- distillation (migration 0007_distill) -------------------------------------------------
+
+distill_sets = sa.Table(
+    "distill_sets",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, comment="the training set's name"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("source", Json, nullable=False,
+              comment="where the examples came from: trace filters and ids, or teacher + prompts"),
+    sa.Column("splits", Json, nullable=False,
+              comment="split -> {dataset, version, count}: eval datasets holding each split"),
+    sa.Column("stats", Json, comment="counts: found, duplicates, near-duplicates, PII scrubbed"),
+    sa.Index("ix_distill_sets_name", "name", "created_at"),
+)
+
+distill_jobs = sa.Table(
+    "distill_jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("set_id", sa.String(32), comment="the distill_sets row it trained on"),
+    sa.Column("backend", sa.String(32), nullable=False, comment="openai | local"),
+    sa.Column("base_model", sa.String(200), nullable=False),
+    sa.Column("external_id", sa.String(200), comment="the backend's own job id"),
+    sa.Column("status", sa.String(32), nullable=False,
+              comment="queued | running | succeeded | failed | cancelled"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("options", Json, comment="hyperparameters and backend options"),
+    sa.Column("events", Json, comment="the backend's events, oldest first"),
+    sa.Column("result_model", sa.String(500),
+              comment="the trained model: a provider model name or a GGUF path"),
+    sa.Column("error", Json),
+    sa.Index("ix_distill_jobs_created_at", "created_at"),
+)
+
+distill_promotions = sa.Table(
+    "distill_promotions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), comment="the distill_jobs row that produced the model"),
+    sa.Column("model", sa.String(500), nullable=False),
+    sa.Column("route", sa.String(200), nullable=False, comment="the public model it joins"),
+    sa.Column("mode", sa.String(16), nullable=False, comment="shadow | canary | router"),
+    sa.Column("share", sa.Double, comment="the share of requests (shadow, canary)"),
+    sa.Column("eval_run_id", sa.String(32), comment="the eval run that approved it"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("note", sa.Text),
+)

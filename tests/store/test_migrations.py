@@ -26,7 +26,7 @@ def test_fresh_database_gets_the_traces_table_at_head(store):
     assert {c["name"] for c in inspector.get_columns("traces")} == TRACE_COLUMNS
     indexed = {tuple(ix["column_names"]) for ix in inspector.get_indexes("traces")}
     assert {("created_at",), ("model",)} <= indexed
-    assert current_revision(store.engine) == head_revision() == "0006_cache"
+    assert current_revision(store.engine) == head_revision() == "0007_distill"
 
 
 def test_migrations_match_the_models(store):

@@ -1,0 +1,5 @@
+"""`keel distill` subcommands (see keel/cli/distill.py)."""
+
+from __future__ import annotations
+
+COMMANDS: list = []
