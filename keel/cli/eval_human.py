@@ -165,12 +165,18 @@ def _grades_table(grades: dict) -> Table:
 @click.option("--grader", help="Only this grader.")
 @click.option("--pass-at", default=4, show_default=True, type=click.IntRange(1, 5),
               help="A human 1-5 rating at or above this counts as pass.")
+@click.option("--judges", nargs=2, metavar="STRONG CHEAP", default=None,
+              help="Two graders of the run side by side: each against people, and CHEAP "
+              "against STRONG (e.g. a distilled judge against the one it learned from).")
 @store_options
 @json_option
-def calibrate(run_id, grader, pass_at, config_path, db_url, as_json) -> None:
+def calibrate(run_id, grader, pass_at, judges, config_path, db_url, as_json) -> None:
     """Each grader's agreement with the human grades of RUN_ID: accuracy and Cohen's kappa."""
     from keel.evals.calibrate import calibrate_run
 
+    if judges:
+        _calibrate_judges(run_id, judges, pass_at, config_path, db_url, as_json)
+        return
     store = open_store_for(config_path, db_url)
     try:
         run, agreements = calibrate_run(store, run_id, grader, pass_at)
@@ -189,6 +195,37 @@ def calibrate(run_id, grader, pass_at, config_path, db_url, as_json) -> None:
         # A heading of its own: as a table title it would wrap to the narrow table's width.
         console.print(Text(f"\n{item.grader} ({item.kind}): human ↓ / grader →", style="bold"))
         console.print(_confusion_table(item))
+
+
+def _calibrate_judges(run_id, judges, pass_at, config_path, db_url, as_json) -> None:
+    from keel.evals.calibrate import calibrate_judges
+
+    strong, cheap = judges
+    store = open_store_for(config_path, db_url)
+    try:
+        run, found = calibrate_judges(store, run_id, strong, cheap, pass_at)
+    finally:
+        store.close()
+    rows = [(f"{name} vs people", a) for name in (cheap, strong) for a in found["people"][name]]
+    rows += [(f"{cheap} vs {strong}", a) for a in found["between"]]
+    if as_json:
+        click.echo(common.dumps({
+            "run_id": run["id"], "strong": strong, "cheap": cheap,
+            "people": {k: [a.to_dict() for a in v] for k, v in found["people"].items()},
+            "between": [a.to_dict() for a in found["between"]]}))
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column, justify in [("comparison", "left"), ("kind", "left"), ("n", "right"),
+                            ("accuracy", "right"), ("kappa", "right"), ("reading", "left")]:
+        table.add_column(column, justify=justify, no_wrap=True)
+    for label, a in rows:
+        table.add_row(label, a.kind, str(a.n), _number(a.accuracy), _number(a.kappa), a.reading)
+    console = common.console()
+    console.print(Text(f"run {run['id']}: {cheap} (cheap) and {strong} (strong)", style="bold"))
+    console.print(table)
+    if not found["people"][strong] and not found["people"][cheap]:
+        console.print(f"no human grades on run {run['id']} yet (keel eval annotate --run "
+                      f"{run['id']})")
 
 
 def _summary_table(agreements) -> Table:

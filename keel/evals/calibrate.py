@@ -168,3 +168,59 @@ def calibrate_run(
     with store.engine.connect() as conn:
         results = [dict(row) for row in conn.execute(query).mappings().all()]
     return run, calibration(results, run_annotations(store, run["id"]), grader, pass_at)
+
+
+# -- two judges, side by side ----------------------------------------------------------------
+# A cheap judge (e.g. one distilled from a strong judge's grades, docs/distill.md) is checked
+# against people and against the strong judge at once: each grader's agreement with the human
+# grades, and the cheap grader's agreement with the strong one over every output both graded
+# (the strong judge's verdict in the human's place).
+
+PROBLEM_LABELS = ("__error__", "__invalid__")
+
+
+def judge_pairs(results: list[dict], strong: str, cheap: str) -> dict[str, list[Pair]]:
+    """kind -> (strong's verdict, cheap's verdict) over the outputs both graded, by label and
+    by pass/fail; grades that could not be made (error labels) are left out."""
+    pairs: dict[str, list[Pair]] = {"label": [], "pass/fail": []}
+    for row in results:
+        grades = row.get("grades") or {}
+        a, b = grades.get(strong), grades.get(cheap)
+        if not a or not b or a.get("label") in PROBLEM_LABELS or b.get("label") in PROBLEM_LABELS:
+            continue
+        if a.get("label") is not None and b.get("label") is not None:
+            pairs["label"].append((str(a["label"]).strip().lower(),
+                                   str(b["label"]).strip().lower()))
+        if a.get("passed") is not None and b.get("passed") is not None:
+            pairs["pass/fail"].append((_word(bool(a["passed"])), _word(bool(b["passed"]))))
+    return {kind: found for kind, found in pairs.items() if found}
+
+
+def compare_judges(results: list[dict], annotations: list[dict], strong: str, cheap: str,
+                   pass_at: int = 4) -> dict[str, Any]:
+    """{"people": {grader: [Agreement]}, "between": [Agreement of cheap with strong]}."""
+    known = {g for row in results for g in (row.get("grades") or {})}
+    for name in (strong, cheap):
+        if name not in known:
+            from keel.errors import InvalidRequest
+
+            raise InvalidRequest(f"the run has no grader {name!r} (it has: "
+                                 f"{', '.join(sorted(known)) or 'none'})")
+    people = {name: calibration(results, annotations, name, pass_at) for name in (strong, cheap)}
+    between = [agreement(f"{cheap} vs {strong}", kind, found)
+               for kind, found in judge_pairs(results, strong, cheap).items()]
+    return {"strong": strong, "cheap": cheap, "people": people, "between": between}
+
+
+def calibrate_judges(store: Store, run_id: str, strong: str, cheap: str, pass_at: int = 4
+                     ) -> tuple[dict, dict[str, Any]]:
+    """The run and compare_judges over its results and human annotations."""
+    from keel.evals.annotate import get_run, run_annotations
+
+    run = get_run(store, run_id)
+    query = sa.select(eval_results.c.variant, eval_results.c.sample_id, eval_results.c.repeat,
+                      eval_results.c.grades).where(eval_results.c.run_id == run["id"])
+    with store.engine.connect() as conn:
+        results = [dict(row) for row in conn.execute(query).mappings().all()]
+    return run, compare_judges(results, run_annotations(store, run["id"]), strong, cheap,
+                               pass_at)

@@ -4,6 +4,7 @@
                                 the usage chunk only when `stream_options.include_usage`
     GET  /v1/models             the fake model names
     GET  /v1/models/{id}
+    /v1/files, /v1/fine_tuning/jobs   the fine-tuning subset, scripted (fake_finetune.py)
 
 Errors are OpenAI-shaped JSON with the status a real upstream would use (429 with Retry-After,
 500, 401 ...). It is the upstream of the overhead benchmark, so a request does as little as
@@ -43,6 +44,10 @@ def make_app(options: FakeOptions | None = None, api_key: str | None = None) -> 
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{id}", get_model)
+    # Files and fine_tuning/jobs (imported here: fake_finetune imports this module).
+    from keel.providers.fake_finetune import add_fine_tuning
+
+    add_fine_tuning(app)
     return app
 
 
