@@ -16,7 +16,8 @@ a model name the backend's provider serves (openai) or a GGUF file path (local).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from keel.errors import ConfigError
 
