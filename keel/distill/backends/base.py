@@ -15,8 +15,8 @@ a model name the backend's provider serves (openai) or a GGUF file path (local).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from keel.errors import ConfigError
