@@ -59,6 +59,8 @@ async def serve(
     models = ", ".join(f"{r.name} ({r.provider_name})" for r in gateway.routes.values())
     announce(f"Keel listening on http://{config.server.host}:{port}/v1")
     announce(f"models: {models or 'none'}")
+    if config.console.enabled:
+        announce(f"console: http://{config.server.host}:{port}/console")
     try:
         await stop.wait()
     finally:
