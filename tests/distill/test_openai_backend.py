@@ -4,6 +4,7 @@ fine-tuning API, served over a real loopback socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -70,11 +71,13 @@ def _backend(tmp_path, url) -> OpenAIBackend:
 
 
 def _upstream(url: str, method: str, path: str) -> dict:
-    """A request to the fake upstream with the sync openai SDK's transport (httpx)."""
-    import httpx
+    """A request to the fake upstream, straight over HTTP (what the fake itself says)."""
+    import urllib.request
 
-    resp = httpx.request(method, url + path, headers={"Authorization": f"Bearer {KEY}"})
-    return resp.json()
+    request = urllib.request.Request(url + path, method=method,
+                                     headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 async def _follow(backend, job) -> list:
@@ -344,9 +347,11 @@ def test_train_on_a_training_set_uploads_its_splits(tmp_path, upstream):
 
 
 def _upstream_bytes(url: str, path: str) -> bytes:
-    import httpx
+    import urllib.request
 
-    return httpx.get(url + path, headers={"Authorization": f"Bearer {KEY}"}).content
+    request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
 
 
 def test_ctrl_c_cancels_the_job_at_the_backend(tmp_path, upstream, train_file):

@@ -352,6 +352,9 @@ async def test_stop_applies_to_text_answers_when_tools_are_offered(provider):
 
 
 async def _worker_is_free(provider) -> float:
+    """Seconds until a one-token chat is answered. A cancelled 3,000-token generation that kept
+    running would hold the worker for minutes; a stopped one frees it at once (under 1 s on a
+    quiet box, nearly 4 s on a loaded 2-core one, hence the callers' 10 s bound)."""
     started = time.perf_counter()
     await provider.chat(ask("Hi", max_tokens=1, seed=1), MODEL)
     return time.perf_counter() - started
@@ -373,7 +376,7 @@ async def test_cancelled_stream_stops_generating(provider):
     with pytest.raises(asyncio.CancelledError):
         await task
     # 3000 tokens would take tens of seconds; a stopped generation frees the worker at once.
-    assert await _worker_is_free(provider) < 3.0
+    assert await _worker_is_free(provider) < 10.0
 
 
 async def test_cancelled_chat_stops_generating(provider):
@@ -383,7 +386,7 @@ async def test_cancelled_chat_stops_generating(provider):
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _worker_is_free(provider) < 3.0
+    assert await _worker_is_free(provider) < 10.0
 
 
 async def test_event_loop_stays_responsive_while_generating(provider):
