@@ -85,6 +85,15 @@ def render(request: web.Request, template: str, *, status: int = 200,
                         headers=headers)
 
 
+def error_page(request: web.Request, status: int, heading: str, message: str,
+               back: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (
+                   ("/console", "Console home"),)) -> web.Response:
+    """An HTML error page with its status (400 bad input, 404 unknown id): what was wrong, and
+    the ways back. Every console family answers errors through it."""
+    return render(request, "error.html", status=status, title=heading, heading=heading,
+                  message=message, back=list(back))
+
+
 def render_fragment(template: str, **context: Any) -> str:
     """A template rendered alone (a table's rows, a live-update row) for htmx or SSE."""
     return ENV.get_template(template).render(context)

@@ -23,6 +23,7 @@ from markupsafe import Markup, escape
 from yarl import URL
 
 from keel.api.appkeys import GATEWAY
+from keel.console.render import error_page as render_error
 from keel.console.render import render, render_fragment
 from keel.errors import InvalidRequest, KeelError
 from keel.evals import dataset_store
@@ -174,8 +175,7 @@ def error_page(request: web.Request, exc: KeelError,
                back: tuple[str, str] = ("/console", "Console home")) -> web.Response:
     """A KeelError as an HTML page with its status: what was wrong, and a way back."""
     title = {400: "Bad request", 404: "Not found", 409: "Conflict"}.get(exc.status, "Error")
-    return render(request, "datasets_error.html", status=exc.status, title=title,
-                  message=exc.message, back=back)
+    return render_error(request, exc.status, title, exc.message, [back])
 
 
 def _page_number(request: web.Request) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
+from keel.console.render import error_page as render_error
 from keel.console.render import render
 from keel.errors import InvalidRequest, KeelError
 
@@ -39,8 +40,9 @@ def _store(request: web.Request):
 def error_page(request: web.Request, exc: KeelError, heading: str = "Eval runs") -> web.Response:
     """A KeelError as an HTML page with its status (404 unknown run, 400 bad input)."""
     status = exc.status if 400 <= exc.status < 500 else 500
-    return render(request, "evals/error.html", title=heading, heading=heading, status=status,
-                  message=exc.message)
+    return render_error(request, status, heading, exc.message,
+                        [("/console/evals", "All eval runs"),
+                         ("/console/annotate", "Annotation queues")])
 
 
 # -- the runs list -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from keel.api.appkeys import GATEWAY
 from keel.api.auth import principal_of
+from keel.console.render import error_page as render_error
 from keel.console.render import render, render_fragment
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.ops.feedback import feedback_for, sentiment
@@ -381,5 +382,5 @@ async def _replay(gateway, request: web.Request, original: dict[str, Any], trace
 
 
 def _error_page(request: web.Request, status: int, heading: str, message: str) -> web.Response:
-    return render(request, "traces/error.html", status=status, title=heading,
-                  heading=heading, message=message)
+    return render_error(request, status, heading, message,
+                        [("/console/traces", "Back to the traces")])
