@@ -19,7 +19,9 @@ def fake_upstream(host: str, port: int, slow_ms: float, api_key: str | None) -> 
     """Serve the scripted `fake` models over HTTP, as an OpenAI-compatible upstream.
 
     The model name chooses the behaviour: echo, json, bad-json, tool-call, slow, slow-<ms>,
-    flaky, error-429, error-<status>, fixed:<text>; any other name echoes.
+    flaky, error-429, error-<status>, fixed:<text>; any other name echoes. It also implements
+    OpenAI's fine-tuning API (files, fine_tuning/jobs, events, cancel) with scripted jobs, and
+    serves each job's `ft:...` model once it succeeds (docs/distill-train.md).
     """
     app = make_app(FakeOptions(slow_ms=slow_ms), api_key=api_key)
 
