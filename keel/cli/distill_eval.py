@@ -49,7 +49,7 @@ def evaluate_command(job, teacher, base, student, set_ref, split, suite_path, gr
     store = open_store(db_url or config.database_url())
     try:
         plan = ev.plan_for(store, job=job, teacher=teacher, base=base, student=student,
-                           set_ref=set_ref, split=split)
+                           set_ref=set_ref, split=split, own_dataset=suite_path is not None)
         config = ev.with_student(config, plan)
         suite = ev.build_suite(plan, suite_path=suite_path,
                                graders=[ev.parse_grader(g) for g in graders], judge=judge,

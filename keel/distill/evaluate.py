@@ -66,9 +66,10 @@ class Report:
 
 def plan_for(store, *, job: str | None = None, teacher: str | None = None,
              base: str | None = None, student: str | None = None, set_ref: str | None = None,
-             split: str = "test") -> Plan:
+             split: str = "test", own_dataset: bool = False) -> Plan:
     """The three models and the held-out dataset, from a job's lineage where one is given;
-    options override it."""
+    options override it. With `own_dataset` (a suite file that names its dataset) the set's
+    split is not needed: the lineage still gives the models and records the run."""
     from keel.distill import lineage
 
     record = lineage.get_job(store, job) if job else None
@@ -90,7 +91,7 @@ def plan_for(store, *, job: str | None = None, teacher: str | None = None,
     if missing:
         raise InvalidRequest(f"name {', '.join(missing)} (or give a job whose lineage has them)")
     dataset = None
-    if the_set is not None:
+    if the_set is not None and not own_dataset:
         splits = the_set.get("splits") or {}
         if split not in splits:
             raise InvalidRequest(f"training set {the_set['name']} has no {split!r} split "

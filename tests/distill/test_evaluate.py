@@ -156,3 +156,26 @@ def test_evaluate_refuses_what_it_cannot_run(tmp_path, db_url, upstream):  # noq
     assert result.exit_code == 2 and "'nope' is not in the gateway config" in result.output
     result = keel("evaluate", "--grader", "includes", "--config", config)
     assert result.exit_code == 2 and "--teacher" in result.output
+
+
+def test_a_suite_file_brings_its_own_dataset_when_the_set_has_no_test_split(tmp_path):
+    """A set trained on all its examples (split 100/0/0) still gives the models and the lineage;
+    the suite file names the held-out data."""
+    from keel.distill.evaluate import plan_for
+    from keel.errors import InvalidRequest
+
+    store = open_store(f"sqlite:///{tmp_path / 'keel.db'}")
+    try:
+        set_id = lineage.create_set(
+            store, name="faq", source={"teacher": "support-bot"},
+            splits={"train": {"dataset": "faq-train", "version": "v1", "count": 61},
+                    "test": {"dataset": "faq-test", "version": None, "count": 0}})
+        job_id = lineage.create_job(store, backend="local", base_model="smollm2", set_id=set_id)
+        lineage.update_job(store, job_id, status="succeeded", result_model="student.gguf")
+        with pytest.raises(InvalidRequest, match="split is empty"):
+            plan_for(store, job=job_id)
+        plan = plan_for(store, job=job_id, own_dataset=True)
+        assert (plan.teacher, plan.base, plan.student, plan.dataset, plan.job_id) == (
+            "support-bot", "smollm2", "student.gguf", None, job_id)
+    finally:
+        store.close()
