@@ -224,7 +224,13 @@ def train(args: argparse.Namespace) -> Path:
     rng = random.Random(args.seed)
     sequences = tokenise(llm, formatter, examples, eot)
     val_windows = pack(tokenise(llm, formatter, validation, eot), context, eot_id) if validation else []
-    n_train = len(pack(sequences, context, eot_id))
+    # Packed once: llama_opt_epoch takes the number of training windows (idata_split) and the
+    # dataset's size is fixed, so every epoch must have the same windows, only in a new order.
+    # (Re-packing shuffled examples each epoch changed the count, and a window left over from
+    # the previous epoch, or a validation window, was trained on.)
+    rng.shuffle(sequences)  # windows mix examples of every topic, not the file's runs of one
+    windows = pack(sequences, context, eot_id)
+    n_train = len(windows)
     emit("dataset", examples=len(examples), windows=n_train, tokens=sum(map(len, sequences)),
          context=context, validation_windows=len(val_windows))
 
@@ -237,7 +243,7 @@ def train(args: argparse.Namespace) -> Path:
                        ctypes.addressof(opt_pars), ADAMW)
     libs.llama.llama_opt_init(llm.ctx, llm.model, params)
 
-    dataset = Dataset(libs, pack(sequences, context, eot_id) + val_windows, context)
+    dataset = Dataset(libs, windows + val_windows, context)
     result_train, result_eval = libs.ggml.ggml_opt_result_init(), libs.ggml.ggml_opt_result_init()
     state = {"epoch": 0}
 
@@ -252,8 +258,8 @@ def train(args: argparse.Namespace) -> Path:
         state["epoch"] = epoch
         # linear decay to 10 % over the run, set before each epoch through the constant callback
         opt_pars.adamw_alpha = args.learning_rate * (1 - 0.9 * (epoch - 1) / max(args.epochs, 1))
-        rng.shuffle(sequences)
-        dataset.fill(pack(sequences, context, eot_id) + val_windows)
+        rng.shuffle(windows)
+        dataset.fill(windows + val_windows)
         t0 = time.monotonic()
         libs.llama.llama_opt_epoch(llm.ctx, dataset.handle, result_train, result_eval, n_train,
                                    ctypes.cast(callback, ctypes.c_void_p), nothing)
