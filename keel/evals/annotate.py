@@ -18,7 +18,6 @@ one stopped. A trace's annotation has neither run nor dataset: its sample_id is 
 
 from __future__ import annotations
 
-import getpass
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from keel.errors import InvalidRequest, NotFound
 from keel.evals.base import Sample
 from keel.evals.dataset_store import get_dataset, import_dataset
+from keel.evals.runs import os_user
 from keel.store.models import eval_annotations, eval_datasets, eval_results, eval_runs
 
 if TYPE_CHECKING:
@@ -71,10 +71,7 @@ class Answer:
 
 
 def default_annotator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in some containers
-        return "anonymous"
+    return os_user()
 
 
 def parse_grade(text: str) -> Answer:

@@ -13,7 +13,6 @@ resuming re-runs only the cells that are missing or ended in an error.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import os
 import sys
 import time
@@ -221,16 +220,8 @@ def describe_run(suite: Suite, config, graders: dict, dataset_name: str, dataset
         "variants": {name: describe_variant(v, config) for name, v in suite.variants.items()},
         "judge": {"model": suite.judge.model, **_route_of(suite.judge.model, config)},
         "graders": {name: _describe_grader(g) for name, g in graders.items()},
-        "user": _user(),
+        "user": runs.os_user(),
     }
-
-
-def _user() -> str:
-    """Who ran it (the OS user name; "anonymous" where a container has none)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "anonymous"
 
 
 def describe_variant(variant: VariantSpec, config) -> dict:

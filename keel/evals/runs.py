@@ -7,6 +7,7 @@ what is missing. A cell is one (variant, sample, repeat).
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import time
 from typing import Iterable
@@ -111,6 +112,15 @@ def results(store, run_id: str) -> list[dict]:
              .order_by(eval_results.c.variant, eval_results.c.id))
     with store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def os_user() -> str:
+    """Who is running this: the OS user name ("anonymous" where a container has none). Runs
+    record it, and `keel eval annotate` names its annotator by it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "anonymous"
 
 
 def git_commit(cwd=None) -> str | None:
