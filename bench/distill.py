@@ -8,11 +8,23 @@ this machine's CPU (`keel distill train --backend local`).
 Every step is the real CLI, run as a user runs it, in a temporary work dir:
 
     keel ingest examples/support-bot/faq --collection support
-    keel distill dataset faq --teacher support-bot --prompts train-prompts.jsonl ...
+    keel eval run teacher.yaml               # the teacher answers each training prompt N times
+                                             # (greedy + sampled), graded by key-facts, plain
+    keel distill dataset faq --from-traces --eval-run RUN --min-grade 1 ...
+                                             # only the teacher's good answers, one a prompt
     keel distill train faq --backend local --base-model smollm2 -o epochs=N -o learning_rate=X
     keel distill evaluate --teacher support-bot --base smollm2 --student STUDENT.gguf \
         --suite heldout.yaml                           # teacher, base and student, held out
     keel eval compare RUN:base RUN:student
+
+The teacher is right about a third of the time (a 135M model, even with the FAQ passage in
+front of it), and a student taught its wrong answers learns them too. So the teacher pipeline is
+best-of-N with a check: each training prompt (bench/data/distill/train-prompts.jsonl, with the
+key facts a right answer holds) is answered greedily and N-1 times sampled, the eval run grades
+every answer, and the training set keeps only answers holding all their prompt's facts and
+speaking plainly (`plain`: no talk of "the sources", no [1] markers, code or links, which a
+student without retrieval must not learn) — Keel's "from traces, eval grade ≥ x" filter on
+that one run. Prompts the teacher never gets right are left out.
 
 The held-out questions (bench/data/distill/heldout.jsonl) are paraphrases that are NOT in the
 training prompts (checked below), with the ideal answer taken from the FAQ text and the key
@@ -24,7 +36,8 @@ facts a right answer must contain. Two deterministic graders:
 - `similarity`: cosine of the answer and the ideal FAQ answer with the embedded MiniLM — a
   softer "on topic and close to the FAQ" measure; generic support talk still scores ~0.5.
 
-    python bench/distill.py [--epochs 4] [--learning-rate 1e-4] [--context 512] [--keep DIR]
+    python bench/distill.py [--epochs 8] [--learning-rate 1e-4] [--samples 6] [--keep DIR]
+    python bench/distill.py --facts-only                      # filter on key-facts alone
     python bench/distill.py --keep DIR --reuse [--epochs 4]   # same teacher set, train again
     python bench/distill.py --keep DIR --reuse --job ID       # evaluate a finished job again
 
@@ -63,6 +76,20 @@ def key_facts(sample, output) -> dict:
     found = [f for f in facts if any(alt.strip().lower() in text for alt in f.split("|"))]
     score = len(found) / len(facts)
     return {"score": score, "passed": score >= 0.5, "details": {"found": found}}
+
+
+_META_TALK = re.compile(r"\bsources?\b|\[\d+\]|```|https?://|\bchatbot\b|\bas an ai\b",
+                        re.IGNORECASE)
+
+
+def plain_answer(sample, output) -> dict:
+    """1 when the answer speaks to the user plainly: no talk of "the sources", no citation
+    markers, code fences, links or "as a chatbot" — what a student without retrieval should
+    not learn to say (the grounded teacher's answers often do)."""
+    text = output.text or ""
+    found = _META_TALK.findall(text)
+    return {"score": 0.0 if found else 1.0, "passed": not found,
+            "details": {"found": sorted({f.lower() for f in found})}}
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -165,6 +192,30 @@ def write_suite(work: Path, max_tokens: int) -> None:
     (work / "heldout.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
 
 
+def write_teacher_suite(work: Path, samples: int, max_tokens: int) -> None:
+    """The teacher over the training prompts: one greedy answer and samples-1 sampled ones
+    (temperature 0.8, a seed each), every answer graded by key-facts and plain."""
+    import yaml
+
+    variants = {"greedy": {"model": "support-bot",
+                           "params": {"temperature": 0, "seed": 7, "max_tokens": max_tokens}}}
+    for seed in range(1, samples):
+        variants[f"sample{seed}"] = {"model": "support-bot", "params": {
+            "temperature": 0.8, "seed": seed, "max_tokens": max_tokens}}
+    suite = {
+        "name": "distill-faq-teacher",
+        "description": "The grounded teacher over the training prompts, best of N",
+        "dataset": "train-prompts.jsonl",
+        "config": "keel.yaml",
+        "variants": variants,
+        "graders": [{"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
+                    {"kind": "python", "name": "plain", "function": "distill:plain_answer"}],
+        "judge": {"model": "smollm2"},
+        "concurrency": 1,
+    }
+    (work / "teacher.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+
+
 def epoch_losses(job: dict) -> list[float]:
     """The mean training loss of each epoch, from the job's "epoch N: training loss X" events."""
     found = []
@@ -184,11 +235,21 @@ def p50(values: list[float]) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=150,
                         help="answer length in the held-out eval (the teacher's default)")
+    parser.add_argument("--samples", type=int, default=6,
+                        help="teacher answers per training prompt (1 greedy, the rest sampled)")
+    parser.add_argument("--teacher-max-tokens", type=int, default=100,
+                        help="answer length of the teacher's training answers")
+    parser.add_argument("--min-grade", type=float, default=1.0,
+                        help="keep teacher answers graded at least this")
+    parser.add_argument("--facts-only", action="store_true",
+                        help="filter the teacher's answers on key-facts alone (default: the "
+                        "mean of key-facts and plain, so a right answer that talks about its "
+                        "sources is left out too)")
     parser.add_argument("--keep", metavar="DIR", help="work here and keep it (default: a "
                         "temporary dir, removed at the end)")
     parser.add_argument("--reuse", action="store_true", help="with --keep DIR of an earlier "
@@ -209,6 +270,7 @@ def main() -> None:
         shutil.copy(DATA / name, work / name)
     write_config(work)
     write_suite(work, args.max_tokens)
+    write_teacher_suite(work, args.samples, args.teacher_max_tokens)
     log = open(work / "commands.log", "a" if args.reuse else "w")  # noqa: SIM115
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -223,11 +285,22 @@ def main() -> None:
             _, timings["ingest_s"] = keel(
                 ["ingest", str(FAQ), "--collection", "support", "--config", "keel.yaml"],
                 work, log)
-            out, timings["teacher_dataset_s"] = keel(
-                ["distill", "dataset", "faq", "--teacher", "support-bot", "--prompts",
-                 "train-prompts.jsonl", "--near-dup", "off", "--pii", "off", "--split",
-                 "100/0/0", "--out", "set", "--config", "keel.yaml", "--json"], work, log)
+            out, timings["teacher_s"] = keel(
+                ["eval", "run", "teacher.yaml", "--no-progress", "--config", "keel.yaml",
+                 "--json"], work, log)
+            teacher_run = json.loads(out)
+            # One right answer a prompt (the first: the greedy one when it is right): the
+            # near-duplicate check on the last user message keeps the oldest of each question,
+            # and the training prompts are far enough apart (< 0.97) to all stay.
+            out, timings["dataset_s"] = keel(
+                ["distill", "dataset", "faq", "--from-traces", "--eval-run",
+                 teacher_run["run_id"], "--min-grade", str(args.min_grade),
+                 *(["--grader", "key-facts"] if args.facts_only else []),
+                 "--near-dup", "0.97", "--pii", "off", "--split", "100/0/0",
+                 "--out", "set", "--config", "keel.yaml", "--json"], work, log)
             dataset = json.loads(out)
+            dataset["teacher_run"] = teacher_run["run_id"]
+            dataset["teacher_graders"] = teacher_run.get("summary")
 
         if args.job:
             timings["train_s"] = 0.0
@@ -276,8 +349,10 @@ def main() -> None:
         "train_prompts": len(train),
         "heldout": len(heldout),
         "heldout_nearest_train_cosine": closeness,
-        "dataset": {k: dataset.get(k) for k in ("splits", "stats", "id", "name")
-                    if k in dataset},
+        "dataset": {k: dataset.get(k) for k in ("splits", "stats", "id", "name", "teacher_run",
+                                                "teacher_graders") if k in dataset},
+        "teacher_samples": args.samples,
+        "filter": "key-facts" if args.facts_only else "key-facts and plain",
         "training": {**(job.get("options") or {}).get("backend_options", {}),
                      "job_id": job["id"],
                      "status": job.get("status"), "result_model": job.get("result_model"),

@@ -1,7 +1,8 @@
 """`keel distill dataset | validate | list` (see keel/cli/distill.py and docs/distill-dataset.md).
 
     keel distill dataset NAME --from-traces [--model M --since 7d --until 1d --feedback up
-                                             --min-score 4 --min-grade 0.8 --exclude-guarded]
+                                             --min-score 4 --min-grade 0.8 --exclude-guarded
+                                             --eval-run RUN --grader G]
     keel distill dataset NAME --teacher ROUTE --prompts DATASET[@VERSION] | FILE.jsonl
                          [--near-dup 0.95 | off] [--pii redact|pseudonymize|off]
                          [--split 80/10/10] [--out DIR]
@@ -37,6 +38,9 @@ from keel.errors import InvalidRequest
 @click.option("--min-grade", type=float,
               help="Only traces an eval run graded ≥ it (0-1; mean of graders or --grader).")
 @click.option("--grader", help="With --min-grade: this grader's score.")
+@click.option("--eval-run", metavar="RUN",
+              help="Only the traces this eval run made (e.g. a teacher sampled several times "
+                   "over a prompt set); --min-grade then reads this run's grades.")
 @click.option("--exclude-guarded", is_flag=True,
               help="Leave out traces where a guardrail did anything but pass.")
 @click.option("--limit", default=100_000, show_default=True, type=click.IntRange(min=1),
@@ -54,8 +58,8 @@ from keel.errors import InvalidRequest
 @store_options
 @json_option
 def dataset_command(name, from_traces, teacher, prompts, model, since, until, feedback,
-                    min_score, min_grade, grader, exclude_guarded, limit, near_dup, pii,
-                    split_text, out, token_limit, config_path, db_url, as_json) -> None:
+                    min_score, min_grade, grader, eval_run, exclude_guarded, limit, near_dup,
+                    pii, split_text, out, token_limit, config_path, db_url, as_json) -> None:
     """Build training set NAME from traces or a teacher run: deduplicated, PII-scrubbed, split
     into NAME-train / NAME-validation / NAME-test eval datasets, recorded with its lineage."""
     from keel.distill import dataset as ds
@@ -70,9 +74,14 @@ def dataset_command(name, from_traces, teacher, prompts, model, since, until, fe
         filters = ds.TraceFilters(
             model=model, since=_when(since, "--since"), until=_when(until, "--until"),
             feedback=feedback, min_score=min_score, min_grade=min_grade, grader=grader,
-            exclude_guarded=exclude_guarded, limit=limit)
+            eval_run=eval_run, exclude_guarded=exclude_guarded, limit=limit)
         store = open_store_for(config_path, db_url)
         try:
+            if eval_run:
+                from keel.evals.runs import get_run
+
+                # the lineage names the run by its whole id: a prefix may later name two
+                filters.eval_run = get_run(store, eval_run)["id"]
             examples = ds.examples_from_traces(store, filters)
             if not examples:
                 raise InvalidRequest("no traces match the filters (traces need recorded "

@@ -104,7 +104,10 @@ class TraceFilters:
     but not including); `feedback` and `min_score` read each trace's latest feedback (as
     `keel eval dataset from-traces` does); `min_grade` keeps traces an eval run graded (the
     `eval_results` row holding the trace id) with a mean grade ≥ it, or the named `grader`'s;
-    `exclude_guarded` drops traces where a guard did anything but pass."""
+    `eval_run` keeps only the traces that eval run's cells made (a teacher run over a prompt
+    set, so best-of-n sampling and its grades become the training set), and `min_grade` then
+    reads that run's grades; `exclude_guarded` drops traces where a guard did anything but
+    pass."""
 
     model: str | None = None
     since: float | None = None
@@ -113,6 +116,7 @@ class TraceFilters:
     min_score: float | None = None
     min_grade: float | None = None
     grader: str | None = None
+    eval_run: str | None = None
     exclude_guarded: bool = False
     limit: int = 100_000
 
@@ -130,9 +134,12 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
                              param="feedback")
     found = traces_for_dataset(store, feedback=filters.feedback, since=filters.since,
                                min_score=filters.min_score, limit=filters.limit)
+    if filters.eval_run is not None:
+        made = _run_traces(store, filters.eval_run)
+        found = [t for t in found if t["id"] in made]
     details = _trace_details(store, [t["id"] for t in found])
-    grades = _grades(store, list(details), filters.grader) if filters.min_grade is not None \
-        else {}
+    grades = _grades(store, list(details), filters.grader, filters.eval_run) \
+        if filters.min_grade is not None else {}
     examples = []
     for entry in reversed(found):  # oldest first: the first of duplicates is the oldest
         detail = details.get(entry["id"])
@@ -158,12 +165,29 @@ def _trace_details(store: Store, ids: list[str]) -> dict[str, dict]:
     return out
 
 
-def _grades(store: Store, ids: list[str], grader: str | None) -> dict[str, float]:
+def _run_traces(store: Store, run_id: str) -> set[str]:
+    """The trace ids eval run `run_id` (or a unique prefix) made; refused when there is no
+    such run, so a mistyped id is not an empty training set."""
+    from keel.evals.runs import get_run
+
+    run_id = get_run(store, run_id)["id"]
+    query = sa.select(eval_results.c.trace_id).where(eval_results.c.run_id == run_id,
+                                                     eval_results.c.trace_id.is_not(None))
+    with store.engine.connect() as conn:
+        return {row[0] for row in conn.execute(query)}
+
+
+def _grades(store: Store, ids: list[str], grader: str | None,
+            run_id: str | None = None) -> dict[str, float]:
     """trace id -> its eval grade (the named grader's score, or the mean of all), the latest
-    run's when several graded it."""
+    run's when several graded it (only run `run_id`'s when given)."""
     out: dict[str, float] = {}
     query_base = sa.select(eval_results.c.trace_id, eval_results.c.grades).order_by(
         eval_results.c.created_at, eval_results.c.id)
+    if run_id is not None:
+        from keel.evals.runs import get_run
+
+        query_base = query_base.where(eval_results.c.run_id == get_run(store, run_id)["id"])
     with store.engine.connect() as conn:
         for start in range(0, len(ids), 500):
             query = query_base.where(eval_results.c.trace_id.in_(ids[start:start + 500]))

@@ -146,6 +146,50 @@ def test_filter_by_eval_grade(tmp_path, keel):
     assert chosen(store, min_grade=0.5, grader="nonexistent") == []
 
 
+def test_filter_by_eval_run(tmp_path, keel):
+    """--eval-run keeps only that run's traces, graded by that run: the same samples answered
+    in a second run (and graded there) and traces outside any run are left out; a run id that
+    names no run is refused, not read as an empty set."""
+    from keel.errors import NotFound
+    from keel.evals.runner import run_suite
+    from keel.evals.suite import load_suite
+    from tests.evals.support import write_suite
+
+    config, store = keel
+    path = tmp_path / "keel.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path, config.database_url())))
+    suite = load_suite(write_suite(tmp_path, path, variants={"base": {"model": "teacher"}}))
+    first = asyncio.run(run_suite(suite, config, store, progress=False, config_path=str(path)))
+    second = asyncio.run(run_suite(suite, config, store, progress=False, config_path=str(path)))
+    record(config, [ask("question 0 about answer0")])
+    first_id, second_id = first.run_id, second.run_id
+    mine = ds.examples_from_traces(store, ds.TraceFilters(eval_run=first_id, min_grade=1.0))
+    theirs = ds.examples_from_traces(store, ds.TraceFilters(eval_run=second_id[:20],
+                                                            min_grade=1.0))
+    assert sorted(last_user(e) for e in mine) == sorted(last_user(e) for e in theirs) == [
+        "question 0 about answer0", "question 2 about answer2", "question 4 about answer4"]
+    assert not {e.origin for e in mine} & {e.origin for e in theirs}
+    assert len(ds.examples_from_traces(store, ds.TraceFilters(eval_run=first_id))) == 6
+    assert len(chosen(store, min_grade=0.0)) == 12
+    with pytest.raises(NotFound):
+        ds.examples_from_traces(store, ds.TraceFilters(eval_run="ffffffffffff"))
+
+    url = config.database_url()
+    result = run_cli("dataset", "graded", "--from-traces", "--eval-run", first_id[:16],
+                     "--min-grade", "1", "--grader", "includes", "--near-dup", "off",
+                     "--split", "100/0/0", "--db", url, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["stats"]["examples"] == 3
+    source = lineage.get_set(store, report["set_id"])["source"]
+    assert source["filters"] == {"eval_run": first_id, "min_grade": 1.0,
+                                 "grader": "includes"}
+    assert set(source["trace_ids"]) == {e.origin for e in mine}
+    missing = run_cli("dataset", "graded", "--from-traces", "--eval-run", "ffffffffffff",
+                      "--db", url)
+    assert missing.exit_code != 0 and "no eval run 'ffffffffffff'" in missing.output
+
+
 def test_filter_excludes_guarded_traces(keel):
     config, store = keel
     clean, masked = record(config, [ask("hello", model="guarded"),
