@@ -10,8 +10,9 @@ Every step is the real CLI, run as a user runs it, in a temporary work dir:
     keel ingest examples/support-bot/faq --collection support
     keel eval run teacher.yaml               # the teacher answers each training prompt N times
                                              # (greedy + sampled), graded by key-facts, plain
-    keel distill dataset faq --from-traces --eval-run RUN --min-grade 1 ...
-                                             # only the teacher's good answers, one a prompt
+    keel distill dataset faq --from-traces --eval-run RUN --best-per-sample --min-grade 1 ...
+                                             # the teacher's best answer to each prompt, when
+                                             # it is right and plain
     keel distill train faq --backend local --base-model smollm2 -o epochs=N -o learning_rate=X
     keel distill evaluate --teacher support-bot --base smollm2 --student STUDENT.gguf \
         --suite heldout.yaml                           # teacher, base and student, held out
@@ -21,10 +22,11 @@ The teacher is right about a third of the time (a 135M model, even with the FAQ 
 front of it), and a student taught its wrong answers learns them too. So the teacher pipeline is
 best-of-N with a check: each training prompt (bench/data/distill/train-prompts.jsonl, with the
 key facts a right answer holds) is answered greedily and N-1 times sampled, the eval run grades
-every answer, and the training set keeps only answers holding all their prompt's facts and
-speaking plainly (`plain`: no talk of "the sources", no [1] markers, code or links, which a
-student without retrieval must not learn) — Keel's "from traces, eval grade ≥ x" filter on
-that one run. Prompts the teacher never gets right are left out.
+every answer, and the training set keeps each prompt's best answer (the shortest of equals)
+when it holds all the prompt's facts and speaks plainly (`plain`: no talk of "the sources",
+no [1] markers, code or links, which a student without retrieval must not learn) — Keel's
+"from traces, eval grade ≥ x" filter on that one run. Prompts the teacher never gets right
+are left out.
 
 The held-out questions (bench/data/distill/heldout.jsonl) are paraphrases that are NOT in the
 training prompts (checked below), with the ideal answer taken from the FAQ text and the key
@@ -39,6 +41,7 @@ facts a right answer must contain. Two deterministic graders:
     python bench/distill.py [--epochs 8] [--learning-rate 1e-4] [--samples 6] [--keep DIR]
     python bench/distill.py --facts-only                      # filter on key-facts alone
     python bench/distill.py --keep DIR --reuse [--epochs 4]   # same teacher set, train again
+    python bench/distill.py --keep DIR --teacher-run RUN      # same teacher answers, new set
     python bench/distill.py --keep DIR --reuse --job ID       # evaluate a finished job again
 
 Writes bench/results/distill.json (or --out) and prints the figures.
@@ -256,6 +259,9 @@ def main() -> None:
                         "run: keep its ingest and teacher set, train and evaluate again")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill.json"))
     parser.add_argument("--job", help="with --reuse: evaluate this finished job, no training")
+    parser.add_argument("--teacher-run", metavar="RUN", help="with --keep DIR of an earlier "
+                        "run: build the set again from that run's graded teacher answers "
+                        "(no new teacher run), then train and evaluate")
     parser.add_argument("--label", default="", help="a note stored with the results")
     args = parser.parse_args()
 
@@ -271,7 +277,7 @@ def main() -> None:
     write_config(work)
     write_suite(work, args.max_tokens)
     write_teacher_suite(work, args.samples, args.teacher_max_tokens)
-    log = open(work / "commands.log", "a" if args.reuse else "w")  # noqa: SIM115
+    log = open(work / "commands.log", "a" if args.reuse or args.teacher_run else "w")  # noqa: SIM115
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
@@ -282,21 +288,25 @@ def main() -> None:
                                    work, log)[0])
             dataset = sets[0] if isinstance(sets, list) else sets
         else:
-            _, timings["ingest_s"] = keel(
-                ["ingest", str(FAQ), "--collection", "support", "--config", "keel.yaml"],
-                work, log)
-            out, timings["teacher_s"] = keel(
-                ["eval", "run", "teacher.yaml", "--no-progress", "--config", "keel.yaml",
-                 "--json"], work, log)
-            teacher_run = json.loads(out)
-            # One right answer a prompt (the first: the greedy one when it is right): the
-            # near-duplicate check on the last user message keeps the oldest of each question,
-            # and the training prompts are far enough apart (< 0.97) to all stay.
+            if args.teacher_run:
+                if not args.keep:
+                    raise SystemExit("--teacher-run needs --keep DIR (that run's work dir)")
+                teacher_run = {"run_id": args.teacher_run}
+            else:
+                _, timings["ingest_s"] = keel(
+                    ["ingest", str(FAQ), "--collection", "support", "--config", "keel.yaml"],
+                    work, log)
+                out, timings["teacher_s"] = keel(
+                    ["eval", "run", "teacher.yaml", "--no-progress", "--config", "keel.yaml",
+                     "--json"], work, log)
+                teacher_run = json.loads(out)
+            # One answer a prompt: the best graded of the run's N, the shortest of equals (a
+            # right answer cut off at max_tokens is the longest, and teaches rambling).
             out, timings["dataset_s"] = keel(
                 ["distill", "dataset", "faq", "--from-traces", "--eval-run",
-                 teacher_run["run_id"], "--min-grade", str(args.min_grade),
+                 teacher_run["run_id"], "--best-per-sample", "--min-grade", str(args.min_grade),
                  *(["--grader", "key-facts"] if args.facts_only else []),
-                 "--near-dup", "0.97", "--pii", "off", "--split", "100/0/0",
+                 "--near-dup", "off", "--pii", "off", "--split", "100/0/0",
                  "--out", "set", "--config", "keel.yaml", "--json"], work, log)
             dataset = json.loads(out)
             dataset["teacher_run"] = teacher_run["run_id"]

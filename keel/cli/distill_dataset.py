@@ -2,7 +2,7 @@
 
     keel distill dataset NAME --from-traces [--model M --since 7d --until 1d --feedback up
                                              --min-score 4 --min-grade 0.8 --exclude-guarded
-                                             --eval-run RUN --grader G]
+                                             --eval-run RUN --best-per-sample --grader G]
     keel distill dataset NAME --teacher ROUTE --prompts DATASET[@VERSION] | FILE.jsonl
                          [--near-dup 0.95 | off] [--pii redact|pseudonymize|off]
                          [--split 80/10/10] [--out DIR]
@@ -41,6 +41,9 @@ from keel.errors import InvalidRequest
 @click.option("--eval-run", metavar="RUN",
               help="Only the traces this eval run made (e.g. a teacher sampled several times "
                    "over a prompt set); --min-grade then reads this run's grades.")
+@click.option("--best-per-sample", is_flag=True,
+              help="With --eval-run: one answer per sample of the run, the best graded (mean "
+                   "of graders or --grader), the shortest of equals.")
 @click.option("--exclude-guarded", is_flag=True,
               help="Leave out traces where a guardrail did anything but pass.")
 @click.option("--limit", default=100_000, show_default=True, type=click.IntRange(min=1),
@@ -58,8 +61,9 @@ from keel.errors import InvalidRequest
 @store_options
 @json_option
 def dataset_command(name, from_traces, teacher, prompts, model, since, until, feedback,
-                    min_score, min_grade, grader, eval_run, exclude_guarded, limit, near_dup,
-                    pii, split_text, out, token_limit, config_path, db_url, as_json) -> None:
+                    min_score, min_grade, grader, eval_run, best_per_sample, exclude_guarded,
+                    limit, near_dup, pii, split_text, out, token_limit, config_path, db_url,
+                    as_json) -> None:
     """Build training set NAME from traces or a teacher run: deduplicated, PII-scrubbed, split
     into NAME-train / NAME-validation / NAME-test eval datasets, recorded with its lineage."""
     from keel.distill import dataset as ds
@@ -74,7 +78,8 @@ def dataset_command(name, from_traces, teacher, prompts, model, since, until, fe
         filters = ds.TraceFilters(
             model=model, since=_when(since, "--since"), until=_when(until, "--until"),
             feedback=feedback, min_score=min_score, min_grade=min_grade, grader=grader,
-            eval_run=eval_run, exclude_guarded=exclude_guarded, limit=limit)
+            eval_run=eval_run, best_per_sample=best_per_sample,
+            exclude_guarded=exclude_guarded, limit=limit)
         store = open_store_for(config_path, db_url)
         try:
             if eval_run:

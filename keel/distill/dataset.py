@@ -106,8 +106,9 @@ class TraceFilters:
     `eval_results` row holding the trace id) with a mean grade ≥ it, or the named `grader`'s;
     `eval_run` keeps only the traces that eval run's cells made (a teacher run over a prompt
     set, so best-of-n sampling and its grades become the training set), and `min_grade` then
-    reads that run's grades; `exclude_guarded` drops traces where a guard did anything but
-    pass."""
+    reads that run's grades; with it, `best_per_sample` keeps one answer per sample of the run:
+    the best graded, the shortest of equals; `exclude_guarded` drops traces where a guard did
+    anything but pass."""
 
     model: str | None = None
     since: float | None = None
@@ -117,6 +118,7 @@ class TraceFilters:
     min_grade: float | None = None
     grader: str | None = None
     eval_run: str | None = None
+    best_per_sample: bool = False
     exclude_guarded: bool = False
     limit: int = 100_000
 
@@ -134,12 +136,16 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
                              param="feedback")
     found = traces_for_dataset(store, feedback=filters.feedback, since=filters.since,
                                min_score=filters.min_score, limit=filters.limit)
+    if filters.best_per_sample and filters.eval_run is None:
+        raise InvalidRequest("best_per_sample needs eval_run: the samples are that run's",
+                             param="best_per_sample")
+    made: dict[str, str] = {}
     if filters.eval_run is not None:
         made = _run_traces(store, filters.eval_run)
         found = [t for t in found if t["id"] in made]
     details = _trace_details(store, [t["id"] for t in found])
-    grades = _grades(store, list(details), filters.grader, filters.eval_run) \
-        if filters.min_grade is not None else {}
+    graded = filters.min_grade is not None or filters.best_per_sample
+    grades = _grades(store, list(details), filters.grader, filters.eval_run) if graded else {}
     examples = []
     for entry in reversed(found):  # oldest first: the first of duplicates is the oldest
         detail = details.get(entry["id"])
@@ -150,7 +156,29 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
             if entry["id"] in grades:
                 example.meta["grade"] = round(grades[entry["id"]], 4)
             examples.append(example)
+    if filters.best_per_sample:
+        examples = _best_per_sample(examples, made)
     return examples
+
+
+def _best_per_sample(examples: list[Example], samples: dict[str, str]) -> list[Example]:
+    """One example per eval sample: the highest grade, then the shortest answer (of two right
+    answers the shorter one is less likely cut off or padded), then the oldest; in the order
+    the kept ones were made."""
+    best: dict[str, tuple[int, Example]] = {}
+    for index, example in enumerate(examples):
+        sample = samples[example.origin]
+        held = best.get(sample)
+        if held is None or _rank(example) > _rank(held[1]):
+            best[sample] = (index, example)
+    return [example for _, example in sorted(best.values(), key=lambda pair: pair[0])]
+
+
+def _rank(example: Example) -> tuple[float, int]:
+    answer = example.answer
+    size = len(content_text(answer.get("content")) or "") + len(
+        orjson.dumps(answer.get("tool_calls") or []))
+    return (example.meta.get("grade", -1.0), -size)
 
 
 def _trace_details(store: Store, ids: list[str]) -> dict[str, dict]:
@@ -165,16 +193,16 @@ def _trace_details(store: Store, ids: list[str]) -> dict[str, dict]:
     return out
 
 
-def _run_traces(store: Store, run_id: str) -> set[str]:
-    """The trace ids eval run `run_id` (or a unique prefix) made; refused when there is no
-    such run, so a mistyped id is not an empty training set."""
+def _run_traces(store: Store, run_id: str) -> dict[str, str]:
+    """trace id -> sample id, of the traces eval run `run_id` (or a unique prefix) made;
+    refused when there is no such run, so a mistyped id is not an empty training set."""
     from keel.evals.runs import get_run
 
     run_id = get_run(store, run_id)["id"]
-    query = sa.select(eval_results.c.trace_id).where(eval_results.c.run_id == run_id,
-                                                     eval_results.c.trace_id.is_not(None))
+    query = sa.select(eval_results.c.trace_id, eval_results.c.sample_id).where(
+        eval_results.c.run_id == run_id, eval_results.c.trace_id.is_not(None))
     with store.engine.connect() as conn:
-        return {row[0] for row in conn.execute(query)}
+        return {trace_id: sample_id for trace_id, sample_id in conn.execute(query)}
 
 
 def _grades(store: Store, ids: list[str], grader: str | None,

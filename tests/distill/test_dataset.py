@@ -21,6 +21,7 @@ from keel.distill import dataset as ds
 from keel.distill import lineage
 from keel.distill.export import example_line, export_split
 from keel.distill.validate import validate_file
+from keel.errors import InvalidRequest
 from keel.evals.dataset_store import get_dataset
 from keel.gateway import Gateway
 from keel.ops.feedback import add_feedback
@@ -188,6 +189,44 @@ def test_filter_by_eval_run(tmp_path, keel):
     missing = run_cli("dataset", "graded", "--from-traces", "--eval-run", "ffffffffffff",
                       "--db", url)
     assert missing.exit_code != 0 and "no eval run 'ffffffffffff'" in missing.output
+
+
+def test_best_per_sample_of_an_eval_run(tmp_path, keel):
+    """Best of N: two variants answer each sample; per sample the best-graded answer is kept
+    (echo passes `includes` on even samples), and of equal grades the shorter ("ok")."""
+    from keel.evals.runner import run_suite
+    from keel.evals.suite import load_suite
+    from tests.evals.support import write_suite
+
+    config, store = keel
+    path = tmp_path / "keel.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path, config.database_url())))
+    suite = load_suite(write_suite(tmp_path, path, variants={
+        "echo": {"model": "teacher"}, "fixed": {"model": "other"}}))
+    run = asyncio.run(run_suite(suite, config, store, progress=False, config_path=str(path)))
+    kept = ds.examples_from_traces(store, ds.TraceFilters(eval_run=run.run_id,
+                                                          best_per_sample=True))
+    answers = {last_user(e): e.answer["content"] for e in kept}
+    assert len(kept) == 6
+    for i in range(6):
+        question = next(q for q in answers if q.split()[1] == str(i))
+        assert (answers[question] == "ok") is (i % 2 == 1), (i, answers[question])
+    assert all(e.meta["grade"] == (1.0 if answers[last_user(e)] != "ok" else 0.0)
+               for e in kept)
+    right = ds.examples_from_traces(store, ds.TraceFilters(
+        eval_run=run.run_id, best_per_sample=True, min_grade=1.0))
+    assert len(right) == 3 and all(e.answer["content"] != "ok" for e in right)
+    with pytest.raises(InvalidRequest, match="needs eval_run"):
+        ds.examples_from_traces(store, ds.TraceFilters(best_per_sample=True))
+
+    result = run_cli("dataset", "best", "--from-traces", "--eval-run", run.run_id,
+                     "--best-per-sample", "--near-dup", "off", "--split", "100/0/0",
+                     "--db", config.database_url(), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["stats"]["examples"] == 6
+    assert lineage.get_set(store, report["set_id"])["source"]["filters"] == {
+        "eval_run": run.run_id, "best_per_sample": True}
 
 
 def test_filter_excludes_guarded_traces(keel):
