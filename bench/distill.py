@@ -174,17 +174,19 @@ def write_config(work: Path) -> None:
     (work / "keel.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def write_suite(work: Path, max_tokens: int) -> None:
+def write_suite(work: Path, max_tokens: int, system: str | None = None) -> None:
     import yaml
 
+    variant = {"model": "support-bot",
+               "params": {"temperature": 0, "seed": 7, "max_tokens": max_tokens}}
+    if system:
+        variant["prompt"] = {"system": system}
     suite = {
         "name": "distill-faq-heldout",
         "description": "Held-out paraphrases of the Acme FAQ, ideal answers from the FAQ text",
         "dataset": "heldout.jsonl",
         "config": "keel.yaml",
-        "variants": {"answer": {"model": "support-bot",
-                                "params": {"temperature": 0, "seed": 7,
-                                           "max_tokens": max_tokens}}},
+        "variants": {"answer": variant},
         "graders": [
             {"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
             {"kind": "similarity", "name": "similarity", "threshold": 0.8},
@@ -195,7 +197,8 @@ def write_suite(work: Path, max_tokens: int) -> None:
     (work / "heldout.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
 
 
-def write_teacher_suite(work: Path, samples: int, max_tokens: int) -> None:
+def write_teacher_suite(work: Path, samples: int, max_tokens: int,
+                        system: str | None = None) -> None:
     """The teacher over the training prompts: one greedy answer and samples-1 sampled ones
     (temperature 0.8, a seed each), every answer graded by key-facts and plain."""
     import yaml
@@ -205,6 +208,9 @@ def write_teacher_suite(work: Path, samples: int, max_tokens: int) -> None:
     for seed in range(1, samples):
         variants[f"sample{seed}"] = {"model": "support-bot", "params": {
             "temperature": 0.8, "seed": seed, "max_tokens": max_tokens}}
+    if system:  # the application's system prompt: in the training examples and the eval alike
+        for variant in variants.values():
+            variant["prompt"] = {"system": system}
     suite = {
         "name": "distill-faq-teacher",
         "description": "The grounded teacher over the training prompts, best of N",
@@ -259,6 +265,9 @@ def main() -> None:
                         "run: keep its ingest and teacher set, train and evaluate again")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill.json"))
     parser.add_argument("--job", help="with --reuse: evaluate this finished job, no training")
+    parser.add_argument("--system", metavar="TEXT", help="a system prompt the application "
+                        "sends: the teacher's answers and the held-out eval (all three "
+                        "models) get it")
     parser.add_argument("--teacher-run", metavar="RUN", help="with --keep DIR of an earlier "
                         "run: build the set again from that run's graded teacher answers "
                         "(no new teacher run), then train and evaluate")
@@ -275,8 +284,8 @@ def main() -> None:
     for name in ("train-prompts.jsonl", "heldout.jsonl"):
         shutil.copy(DATA / name, work / name)
     write_config(work)
-    write_suite(work, args.max_tokens)
-    write_teacher_suite(work, args.samples, args.teacher_max_tokens)
+    write_suite(work, args.max_tokens, args.system)
+    write_teacher_suite(work, args.samples, args.teacher_max_tokens, args.system)
     log = open(work / "commands.log", "a" if args.reuse or args.teacher_run else "w")  # noqa: SIM115
     timings: dict[str, float] = {}
     started = time.perf_counter()
