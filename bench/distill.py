@@ -174,55 +174,51 @@ def write_config(work: Path) -> None:
     (work / "keel.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def write_suite(work: Path, max_tokens: int, system: str | None = None) -> None:
-    import yaml
-
-    variant = {"model": "support-bot",
-               "params": {"temperature": 0, "seed": 7, "max_tokens": max_tokens}}
+def teacher_variant(temperature: float, seed: int, max_tokens: int,
+                    system: str | None = None) -> dict:
+    """A variant of the teacher route; `system`, the application's system prompt, goes into
+    the training examples and the held-out eval alike."""
+    variant: dict = {"model": "support-bot", "params": {
+        "temperature": temperature, "seed": seed, "max_tokens": max_tokens}}
     if system:
         variant["prompt"] = {"system": system}
-    suite = {
-        "name": "distill-faq-heldout",
-        "description": "Held-out paraphrases of the Acme FAQ, ideal answers from the FAQ text",
-        "dataset": "heldout.jsonl",
-        "config": "keel.yaml",
-        "variants": {"answer": variant},
-        "graders": [
-            {"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
-            {"kind": "similarity", "name": "similarity", "threshold": 0.8},
-        ],
-        "judge": {"model": "smollm2"},
-        "concurrency": 1,
-    }
-    (work / "heldout.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    return variant
+
+
+def write_suite_file(path: Path, name: str, description: str, dataset: str, variants: dict,
+                     graders: list[dict]) -> None:
+    import yaml
+
+    suite = {"name": name, "description": description, "dataset": dataset,
+             "config": "keel.yaml", "variants": variants, "graders": graders,
+             "judge": {"model": "smollm2"}, "concurrency": 1}
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+
+
+def write_suite(work: Path, max_tokens: int, system: str | None = None) -> None:
+    """The held-out eval: `keel distill evaluate` swaps its one variant's model for teacher,
+    base and student, keeping its prompt and params."""
+    write_suite_file(
+        work / "heldout.yaml", "distill-faq-heldout",
+        "Held-out paraphrases of the Acme FAQ, ideal answers from the FAQ text",
+        "heldout.jsonl", {"answer": teacher_variant(0, 7, max_tokens, system)},
+        [{"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
+         {"kind": "similarity", "name": "similarity", "threshold": 0.8}])
 
 
 def write_teacher_suite(work: Path, samples: int, max_tokens: int,
                         system: str | None = None) -> None:
     """The teacher over the training prompts: one greedy answer and samples-1 sampled ones
     (temperature 0.8, a seed each), every answer graded by key-facts and plain."""
-    import yaml
-
-    variants = {"greedy": {"model": "support-bot",
-                           "params": {"temperature": 0, "seed": 7, "max_tokens": max_tokens}}}
+    variants = {"greedy": teacher_variant(0, 7, max_tokens, system)}
     for seed in range(1, samples):
-        variants[f"sample{seed}"] = {"model": "support-bot", "params": {
-            "temperature": 0.8, "seed": seed, "max_tokens": max_tokens}}
-    if system:  # the application's system prompt: in the training examples and the eval alike
-        for variant in variants.values():
-            variant["prompt"] = {"system": system}
-    suite = {
-        "name": "distill-faq-teacher",
-        "description": "The grounded teacher over the training prompts, best of N",
-        "dataset": "train-prompts.jsonl",
-        "config": "keel.yaml",
-        "variants": variants,
-        "graders": [{"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
-                    {"kind": "python", "name": "plain", "function": "distill:plain_answer"}],
-        "judge": {"model": "smollm2"},
-        "concurrency": 1,
-    }
-    (work / "teacher.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+        variants[f"sample{seed}"] = teacher_variant(0.8, seed, max_tokens, system)
+    write_suite_file(
+        work / "teacher.yaml", "distill-faq-teacher",
+        "The grounded teacher over the training prompts, best of N", "train-prompts.jsonl",
+        variants,
+        [{"kind": "python", "name": "key-facts", "function": "distill:key_facts"},
+         {"kind": "python", "name": "plain", "function": "distill:plain_answer"}])
 
 
 def epoch_losses(job: dict) -> list[float]:
