@@ -140,12 +140,17 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
         raise InvalidRequest("best_per_sample needs eval_run: the samples are that run's",
                              param="best_per_sample")
     made: dict[str, str] = {}
+    run_id = None
     if filters.eval_run is not None:
-        made = _run_traces(store, filters.eval_run)
+        from keel.evals.runs import get_run
+
+        # resolved once: a prefix, and refused when it names no run (not an empty set)
+        run_id = get_run(store, filters.eval_run)["id"]
+        made = _run_traces(store, run_id)
         found = [t for t in found if t["id"] in made]
     details = _trace_details(store, [t["id"] for t in found])
     graded = filters.min_grade is not None or filters.best_per_sample
-    grades = _grades(store, list(details), filters.grader, filters.eval_run) if graded else {}
+    grades = _grades(store, list(details), filters.grader, run_id) if graded else {}
     examples = []
     for entry in reversed(found):  # oldest first: the first of duplicates is the oldest
         detail = details.get(entry["id"])
@@ -194,11 +199,7 @@ def _trace_details(store: Store, ids: list[str]) -> dict[str, dict]:
 
 
 def _run_traces(store: Store, run_id: str) -> dict[str, str]:
-    """trace id -> sample id, of the traces eval run `run_id` (or a unique prefix) made;
-    refused when there is no such run, so a mistyped id is not an empty training set."""
-    from keel.evals.runs import get_run
-
-    run_id = get_run(store, run_id)["id"]
+    """trace id -> sample id, of the traces eval run `run_id` made."""
     query = sa.select(eval_results.c.trace_id, eval_results.c.sample_id).where(
         eval_results.c.run_id == run_id, eval_results.c.trace_id.is_not(None))
     with store.engine.connect() as conn:
@@ -213,9 +214,7 @@ def _grades(store: Store, ids: list[str], grader: str | None,
     query_base = sa.select(eval_results.c.trace_id, eval_results.c.grades).order_by(
         eval_results.c.created_at, eval_results.c.id)
     if run_id is not None:
-        from keel.evals.runs import get_run
-
-        query_base = query_base.where(eval_results.c.run_id == get_run(store, run_id)["id"])
+        query_base = query_base.where(eval_results.c.run_id == run_id)
     with store.engine.connect() as conn:
         for start in range(0, len(ids), 500):
             query = query_base.where(eval_results.c.trace_id.in_(ids[start:start + 500]))
