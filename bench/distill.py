@@ -251,6 +251,9 @@ def main() -> None:
                         help="answer length of the teacher's training answers")
     parser.add_argument("--min-grade", type=float, default=1.0,
                         help="keep teacher answers graded at least this")
+    parser.add_argument("--cut-off", choices=("trim", "drop", "keep"), default="trim",
+                        help="teacher answers max_tokens cut off: keep them up to their last "
+                        "complete sentence (default), leave them out, or keep them whole")
     parser.add_argument("--facts-only", action="store_true",
                         help="filter the teacher's answers on key-facts alone (default: the "
                         "mean of key-facts and plain, so a right answer that talks about its "
@@ -305,11 +308,13 @@ def main() -> None:
                     ["eval", "run", "teacher.yaml", "--no-progress", "--config", "keel.yaml",
                      "--json"], work, log)
                 teacher_run = json.loads(out)
-            # One answer a prompt: the best graded of the run's N, the shortest of equals (a
-            # right answer cut off at max_tokens is the longest, and teaches rambling).
+            # One answer a prompt: the best graded of the run's N, a complete one before one
+            # max_tokens cut off, the shortest of equals. A cut-off answer is trimmed to its
+            # last sentence: taught whole, it teaches the student to run on to its own limit.
             out, timings["dataset_s"] = keel(
                 ["distill", "dataset", "faq", "--from-traces", "--eval-run",
                  teacher_run["run_id"], "--best-per-sample", "--min-grade", str(args.min_grade),
+                 "--cut-off", args.cut_off,
                  *(["--grader", "key-facts"] if args.facts_only else []),
                  "--near-dup", "off", "--pii", "off", "--split", "100/0/0",
                  "--out", "set", "--config", "keel.yaml", "--json"], work, log)
@@ -368,6 +373,7 @@ def main() -> None:
                                                 "teacher_graders") if k in dataset},
         "teacher_samples": args.samples,
         "filter": "key-facts" if args.facts_only else "key-facts and plain",
+        "cut_off": args.cut_off,
         "training": {**(job.get("options") or {}).get("backend_options", {}),
                      "job_id": job["id"],
                      "status": job.get("status"), "result_model": job.get("result_model"),

@@ -4,7 +4,8 @@
                                              --min-score 4 --min-grade 0.8 --exclude-guarded
                                              --eval-run RUN --best-per-sample --grader G]
     keel distill dataset NAME --teacher ROUTE --prompts DATASET[@VERSION] | FILE.jsonl
-                         [--near-dup 0.95 | off] [--pii redact|pseudonymize|off]
+                         [--cut-off drop|trim|keep] [--near-dup 0.95 | off]
+                         [--pii redact|pseudonymize|off]
                          [--split 80/10/10] [--out DIR]
     keel distill validate FILE [--token-limit 65536]
     keel distill list
@@ -44,6 +45,10 @@ from keel.errors import InvalidRequest
 @click.option("--best-per-sample", is_flag=True,
               help="With --eval-run: one answer per sample of the run, the best graded (mean "
                    "of graders or --grader), the shortest of equals.")
+@click.option("--cut-off", type=click.Choice(["drop", "trim", "keep"]), default="drop",
+              show_default=True,
+              help="Answers max_tokens cut off (finish_reason length): leave them out, keep "
+                   "them up to their last complete sentence, or keep them whole.")
 @click.option("--exclude-guarded", is_flag=True,
               help="Leave out traces where a guardrail did anything but pass.")
 @click.option("--limit", default=100_000, show_default=True, type=click.IntRange(min=1),
@@ -61,8 +66,8 @@ from keel.errors import InvalidRequest
 @store_options
 @json_option
 def dataset_command(name, from_traces, teacher, prompts, model, since, until, feedback,
-                    min_score, min_grade, grader, eval_run, best_per_sample, exclude_guarded,
-                    limit, near_dup, pii, split_text, out, token_limit, config_path, db_url,
+                    min_score, min_grade, grader, eval_run, best_per_sample, cut_off,
+                    exclude_guarded, limit, near_dup, pii, split_text, out, token_limit, config_path, db_url,
                     as_json) -> None:
     """Build training set NAME from traces or a teacher run: deduplicated, PII-scrubbed, split
     into NAME-train / NAME-validation / NAME-test eval datasets, recorded with its lineage."""
@@ -78,7 +83,7 @@ def dataset_command(name, from_traces, teacher, prompts, model, since, until, fe
         filters = ds.TraceFilters(
             model=model, since=_when(since, "--since"), until=_when(until, "--until"),
             feedback=feedback, min_score=min_score, min_grade=min_grade, grader=grader,
-            eval_run=eval_run, best_per_sample=best_per_sample,
+            eval_run=eval_run, best_per_sample=best_per_sample, cut_off=cut_off,
             exclude_guarded=exclude_guarded, limit=limit)
         store = open_store_for(config_path, db_url)
         try:
@@ -98,13 +103,14 @@ def dataset_command(name, from_traces, teacher, prompts, model, since, until, fe
         finally:
             store.close()
     else:
-        result = _from_teacher(name, teacher, prompts, threshold, pii, sizes, config_path,
-                               db_url, quiet=as_json)
+        result = _from_teacher(name, teacher, prompts, threshold, pii, sizes, cut_off,
+                               config_path, db_url, quiet=as_json)
     written = _write(result, out, token_limit) if out else {}
     _report(name, result, written, as_json)
 
 
-def _from_teacher(name, teacher, prompts, threshold, pii, sizes, config_path, db_url, quiet):
+def _from_teacher(name, teacher, prompts, threshold, pii, sizes, cut_off, config_path, db_url,
+                  quiet):
     from keel.config import load_config
     from keel.distill import dataset as ds
     from keel.gateway import Gateway
@@ -120,6 +126,7 @@ def _from_teacher(name, teacher, prompts, threshold, pii, sizes, config_path, db
                 with click.progressbar(length=len(samples), label=f"teacher {teacher}",
                                        file=None if not quiet else _Null()) as bar:
                     return await ds.examples_from_teacher(gateway, teacher, samples,
+                                                          cut_off=cut_off,
                                                           progress=bar.update)
 
         examples, failures = asyncio.run(answer())
@@ -127,6 +134,7 @@ def _from_teacher(name, teacher, prompts, threshold, pii, sizes, config_path, db
             first = failures[0]["error"] if failures else "no prompts"
             raise InvalidRequest(f"the teacher answered none of the prompts ({first})")
         source = {"kind": "teacher", "teacher": teacher, "prompts": prompt_source,
+                  "cut_off": cut_off,
                   "trace_ids": [e.meta["trace_id"] for e in examples]}
         return ds.build_set(store, name, examples, source=source, near_dup=threshold, pii=pii,
                             sizes=sizes, stats={"prompts": len(samples),

@@ -11,6 +11,10 @@ an eval `Sample`: `input` the prompt, `ideal` the answer's text, `metadata.answe
 assistant message and `metadata.tools` the tools, so `keel eval` runs on a split unchanged and
 `keel.distill.export` rebuilds the fine-tuning line from it.
 
+An answer `max_tokens` cut off (`finish_reason: "length"`) is left out by default, or trimmed
+to its last complete sentence, or kept (`keel.distill.cut_off`): a student learns to stop
+where its targets stop.
+
 `build_set` then, in this order:
 1. drops exact duplicates (the canonical JSON of the messages and tools; the first kept),
 2. drops near-duplicates: the last user message embedded with the embedded MiniLM (batched),
@@ -38,6 +42,7 @@ import orjson
 import sqlalchemy as sa
 
 from keel.distill import lineage
+from keel.distill.cut_off import CUT_OFF_MODES, DEFAULT_CUT_OFF, apply_cut_off, finish_reason
 from keel.errors import InvalidRequest, KeelError
 from keel.evals.base import Sample
 from keel.messages import content_text, last_user_text
@@ -107,8 +112,9 @@ class TraceFilters:
     `eval_run` keeps only the traces that eval run's cells made (a teacher run over a prompt
     set, so best-of-n sampling and its grades become the training set), and `min_grade` then
     reads that run's grades; with it, `best_per_sample` keeps one answer per sample of the run:
-    the best graded, the shortest of equals; `exclude_guarded` drops traces where a guard did
-    anything but pass."""
+    the best graded, a complete one before one `max_tokens` cut off, the shortest of equals;
+    `cut_off` says what becomes of answers `max_tokens` cut off (`keel.distill.cut_off`: drop,
+    trim or keep); `exclude_guarded` drops traces where a guard did anything but pass."""
 
     model: str | None = None
     since: float | None = None
@@ -119,6 +125,7 @@ class TraceFilters:
     grader: str | None = None
     eval_run: str | None = None
     best_per_sample: bool = False
+    cut_off: str = DEFAULT_CUT_OFF
     exclude_guarded: bool = False
     limit: int = 100_000
 
@@ -139,6 +146,7 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
     if filters.best_per_sample and filters.eval_run is None:
         raise InvalidRequest("best_per_sample needs eval_run: the samples are that run's",
                              param="best_per_sample")
+    _check_cut_off(filters.cut_off)
     made: dict[str, str] = {}
     run_id = None
     if filters.eval_run is not None:
@@ -156,7 +164,7 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
         detail = details.get(entry["id"])
         if detail is None or not _passes(entry, detail, grades, filters):
             continue
-        example = _example_from_trace(entry)
+        example = _example_from_trace(entry, filters.cut_off)
         if example is not None:
             if entry["id"] in grades:
                 example.meta["grade"] = round(grades[entry["id"]], 4)
@@ -167,9 +175,9 @@ def examples_from_traces(store: Store, filters: TraceFilters) -> list[Example]:
 
 
 def _best_per_sample(examples: list[Example], samples: dict[str, str]) -> list[Example]:
-    """One example per eval sample: the highest grade, then the shortest answer (of two right
-    answers the shorter one is less likely cut off or padded), then the oldest; in the order
-    the kept ones were made."""
+    """One example per eval sample: the highest grade, then a complete answer before a trimmed
+    one, then the shortest answer (of two right answers the shorter one is less likely padded),
+    then the oldest; in the order the kept ones were made."""
     best: dict[str, tuple[int, Example]] = {}
     for index, example in enumerate(examples):
         sample = samples[example.origin]
@@ -179,11 +187,11 @@ def _best_per_sample(examples: list[Example], samples: dict[str, str]) -> list[E
     return [example for _, example in sorted(best.values(), key=lambda pair: pair[0])]
 
 
-def _rank(example: Example) -> tuple[float, int]:
+def _rank(example: Example) -> tuple[float, bool, int]:
     answer = example.answer
     size = len(content_text(answer.get("content")) or "") + len(
         orjson.dumps(answer.get("tool_calls") or []))
-    return (example.meta.get("grade", -1.0), -size)
+    return (example.meta.get("grade", -1.0), not example.meta.get("cut_off"), -size)
 
 
 def _trace_details(store: Store, ids: list[str]) -> dict[str, dict]:
@@ -257,18 +265,35 @@ def guard_actions(spans: list[dict] | None) -> list[str]:
     return acted
 
 
-def _example_from_trace(entry: dict) -> Example | None:
+def _example_from_trace(entry: dict, cut_off: str) -> Example | None:
     request = entry["request"]
-    answer = _assistant_message(entry.get("response"))
+    answer = _learnable_answer(entry.get("response"), cut_off)
     if answer is None:
         return None
-    meta = {"trace_id": entry["id"], "model": entry.get("model")}
+    meta = {"trace_id": entry["id"], "model": entry.get("model"), **_cut_off_meta(
+        entry.get("response"), cut_off)}
     latest = entry.get("feedback") or {}
     if latest.get("score") is not None:
         meta["feedback_score"] = latest["score"]
     return Example(prompt=[clean_message(m) for m in request["messages"]], answer=answer,
                    tools=request.get("tools") or None, origin=entry["id"],
                    meta={k: v for k, v in meta.items() if v is not None})
+
+
+def _check_cut_off(mode: str) -> None:
+    if mode not in CUT_OFF_MODES:
+        raise InvalidRequest(f"cut_off: expected one of {', '.join(CUT_OFF_MODES)}, got "
+                             f"{mode!r}", param="cut_off")
+
+
+def _learnable_answer(response: Any, cut_off: str) -> dict | None:
+    answer = _assistant_message(response)
+    return None if answer is None else apply_cut_off(answer, finish_reason(response), cut_off)
+
+
+def _cut_off_meta(response: Any, cut_off: str) -> dict:
+    # recorded so a trimmed or kept cut-off target can be told apart in the set (and ranked)
+    return {"cut_off": cut_off} if finish_reason(response) == "length" else {}
 
 
 def _assistant_message(response: Any) -> dict | None:
@@ -325,16 +350,18 @@ def load_prompts(store: Store, spec: str) -> tuple[list[Sample], dict[str, Any]]
 
 
 async def examples_from_teacher(gateway, route: str, samples: Sequence[Sample], *,
-                                concurrency: int = 4,
+                                concurrency: int = 4, cut_off: str = DEFAULT_CUT_OFF,
                                 progress: Callable[[int], None] | None = None,
                                 ) -> tuple[list[Example], list[dict]]:
     """Each sample's prompt through `route` on an in-process Gateway (`Gateway.complete`, so
     the teacher's layers and tracing apply); its answer becomes the example's target. A
-    sample's `metadata.tools` is sent as the request's tools. Returns the examples in prompt
-    order and the failures ({sample, error})."""
+    sample's `metadata.tools` is sent as the request's tools; an answer `max_tokens` cut off is
+    dropped, trimmed or kept as `cut_off` says. Returns the examples in prompt order and the
+    failures ({sample, error})."""
     from keel.pipeline.trace import Trace
 
     gateway.route(route)  # an unknown route fails once, here, not once per prompt
+    _check_cut_off(cut_off)
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(sample: Sample):
@@ -351,12 +378,16 @@ async def examples_from_teacher(gateway, route: str, samples: Sequence[Sample], 
             finally:
                 if progress is not None:
                     progress(1)
-        answer = _assistant_message(result)
-        if answer is None:
+        if _assistant_message(result) is None:
             return None, {"sample": sample.id, "error": "the teacher gave no answer"}
+        answer = _learnable_answer(result, cut_off)
+        if answer is None:
+            return None, {"sample": sample.id, "error": "max_tokens cut the answer off "
+                          f"(cut_off {cut_off})"}
         return Example(prompt=[clean_message(m) for m in sample.input], answer=answer,
                        tools=tools or None, origin=sample.id,
-                       meta={"trace_id": trace.id, "teacher": route}), None
+                       meta={"trace_id": trace.id, "teacher": route,
+                             **_cut_off_meta(result, cut_off)}), None
 
     outcomes = await asyncio.gather(*(one(s) for s in samples))
     return ([e for e, _ in outcomes if e is not None],

@@ -44,6 +44,7 @@ def config_dict(tmp_path, url: str) -> dict:
             "guarded": {"provider": "fake", "model": "echo",
                         "guardrails": {"input": [{"pii": {"action": "redact"}}]}},
             "tools": {"provider": "fake", "model": "tool-call"},
+            "short": {"provider": "fake", "model": "echo", "defaults": {"max_tokens": 4}},
         },
         "pipeline": [],
     }
@@ -183,7 +184,7 @@ def test_filter_by_eval_run(tmp_path, keel):
     report = json.loads(result.output)
     assert report["stats"]["examples"] == 3
     source = lineage.get_set(store, report["set_id"])["source"]
-    assert source["filters"] == {"eval_run": first_id, "min_grade": 1.0,
+    assert source["filters"] == {"eval_run": first_id, "min_grade": 1.0, "cut_off": "drop",
                                  "grader": "includes"}
     assert set(source["trace_ids"]) == {e.origin for e in mine}
     missing = run_cli("dataset", "graded", "--from-traces", "--eval-run", "ffffffffffff",
@@ -226,7 +227,68 @@ def test_best_per_sample_of_an_eval_run(tmp_path, keel):
     report = json.loads(result.output)
     assert report["stats"]["examples"] == 6
     assert lineage.get_set(store, report["set_id"])["source"]["filters"] == {
-        "eval_run": run.run_id, "best_per_sample": True}
+        "eval_run": run.run_id, "best_per_sample": True, "cut_off": "drop"}
+
+
+def test_answers_cut_off_by_max_tokens_are_dropped_trimmed_or_kept(keel):
+    """The fake echoes the question, cut to max_tokens words with finish_reason "length"."""
+    config, store = keel
+    whole, cut, no_sentence = record(config, [
+        ask("Short and complete."),
+        ask("Open Settings. Then click the big button", max_tokens=5),
+        ask("one two three four five six", max_tokens=3)])
+    assert chosen(store) == chosen(store, cut_off="drop") == [whole]
+    kept = {e.origin: e for e in ds.examples_from_traces(store, ds.TraceFilters(cut_off="keep"))}
+    assert kept[cut].answer["content"] == "Open Settings. Then click the"
+    assert kept[no_sentence].meta["cut_off"] == "keep" and "cut_off" not in kept[whole].meta
+    trimmed = {e.origin: e for e in ds.examples_from_traces(store, ds.TraceFilters(
+        cut_off="trim"))}
+    assert set(trimmed) == {whole, cut}  # nothing complete is left of "one two three"
+    assert trimmed[cut].answer["content"] == "Open Settings."
+    assert trimmed[cut].meta["cut_off"] == "trim"
+    assert trimmed[whole].answer["content"] == "Short and complete."
+    with pytest.raises(InvalidRequest, match="cut_off: expected one of drop, trim, keep"):
+        chosen(store, cut_off="sometimes")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("It costs 10. Then you", "It costs 10."),
+    ("Version 2.5 is out. Next", "Version 2.5 is out."),
+    ('He said "stop." Then', 'He said "stop."'),
+    ("Steps:\n1. Open **Settings > Billing**.\n2. Click Change\n3.",
+     "Steps:\n1. Open **Settings > Billing**."),
+    ("1. Open it. 2.", "1. Open it."),
+    ("no end at all", None),
+    ("3.", None),
+])
+def test_trim_to_the_last_complete_sentence(text, expected):
+    from keel.distill.cut_off import trim_to_sentence
+
+    assert trim_to_sentence(text) == expected
+
+
+def test_finish_reason_of_a_completion_or_a_stream_summary():
+    from keel.distill.cut_off import apply_cut_off, finish_reason
+
+    assert finish_reason({"choices": [{"finish_reason": "length"}]}) == "length"
+    assert finish_reason({"content": "hi", "finish_reason": "stop"}) == "stop"  # keel.api.sse
+    assert finish_reason("not a response") is None
+    call = {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                 "function": {"name": "f", "arguments": "{"}}]}
+    assert apply_cut_off(call, "length", "trim") is None  # half a tool call is not trimmed
+    assert apply_cut_off(call, "length", "keep") == call
+
+
+def test_best_per_sample_prefers_a_complete_answer_to_a_trimmed_one():
+    def example(text, grade, cut=False):
+        meta = {"grade": grade, **({"cut_off": "trim"} if cut else {})}
+        return ds.Example(prompt=[{"role": "user", "content": "q"}], origin=text,
+                          answer={"role": "assistant", "content": text}, meta=meta)
+
+    examples = [example("short, trimmed.", 1.0, cut=True), example("a longer complete one.", 1.0),
+                example("best.", 0.5)]
+    kept = ds._best_per_sample(examples, {e.origin: "s1" for e in examples})
+    assert [e.origin for e in kept] == ["a longer complete one."]
 
 
 def test_filter_excludes_guarded_traces(keel):
@@ -424,7 +486,7 @@ def test_cli_from_traces_writes_and_validates_the_splits(keel, tmp_path, db_url)
         assert len(lines) == counts[part] == report["files"][part]["examples"]
     assert report["files"]["train"]["report"]["ok"]
     row = lineage.get_set(store, report["set_id"])
-    assert row["source"]["filters"] == {"model": "teacher", "since": "1d"}
+    assert row["source"]["filters"] == {"model": "teacher", "since": "1d", "cut_off": "drop"}
     assert sorted(row["source"]["trace_ids"]) == sorted(ids)
 
     up_only = run_cli("dataset", "tasks", "--from-traces", "--feedback", "up", "--db", db_url)
@@ -460,6 +522,36 @@ def test_cli_teacher_over_a_stored_dataset(keel, tmp_path):
     unknown = run_cli("dataset", "x", "--teacher", "nope", "--prompts", "questions",
                       "--config", str(path))
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def test_teacher_answers_cut_off_by_max_tokens(keel, tmp_path):
+    """Route `short` answers at most 4 words: cut-off answers are failures under drop, their
+    last complete sentence under trim."""
+    config, store = keel
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"input": text}) + "\n" for text in (
+        "Yes, it works.", "No. It does not work today", "one two three four five")))
+    samples, _ = ds.load_prompts(store, str(prompts))
+
+    async def go(mode):
+        async with Gateway(config) as gateway:
+            return await ds.examples_from_teacher(gateway, "short", samples, cut_off=mode)
+
+    examples, failures = asyncio.run(go("drop"))
+    assert [e.answer["content"] for e in examples] == ["Yes, it works."]
+    assert len(failures) == 2 and "max_tokens cut the answer off" in failures[0]["error"]
+    examples, failures = asyncio.run(go("trim"))
+    assert [e.answer["content"] for e in examples] == ["Yes, it works.", "No."]
+    assert examples[1].meta["cut_off"] == "trim" and len(failures) == 1
+    path = tmp_path / "keel.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path, config.database_url())))
+    result = run_cli("dataset", "short", "--teacher", "short", "--prompts", str(prompts),
+                     "--cut-off", "keep", "--near-dup", "off", "--split", "100/0/0",
+                     "--config", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["stats"]["examples"] == 3
+    assert lineage.get_set(store, report["set_id"])["source"]["cut_off"] == "keep"
 
 
 def last_user(example: ds.Example) -> str:
