@@ -42,7 +42,12 @@ import orjson
 import sqlalchemy as sa
 
 from keel.distill import lineage
-from keel.distill.cut_off import CUT_OFF_MODES, DEFAULT_CUT_OFF, apply_cut_off, finish_reason
+from keel.distill.cut_off import (
+    CUT_OFF_MODES,
+    DEFAULT_CUT_OFF,
+    apply_cut_off,
+    finish_reason,
+)
 from keel.errors import InvalidRequest, KeelError
 from keel.evals.base import Sample
 from keel.messages import content_text, last_user_text
