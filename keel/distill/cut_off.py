@@ -16,6 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from keel.distill.example import assistant_message
+from keel.errors import InvalidRequest
+
 CUT_OFF_MODES = ("drop", "trim", "keep")
 DEFAULT_CUT_OFF = "drop"
 
@@ -56,3 +59,20 @@ def apply_cut_off(answer: dict, reason: str | None, mode: str) -> dict | None:
     content = answer.get("content")
     trimmed = trim_to_sentence(content) if isinstance(content, str) else None
     return {**answer, "content": trimmed} if trimmed else None
+
+
+def check_cut_off(mode: str) -> None:
+    if mode not in CUT_OFF_MODES:
+        raise InvalidRequest(f"cut_off: expected one of {', '.join(CUT_OFF_MODES)}, got "
+                             f"{mode!r}", param="cut_off")
+
+
+def learnable_answer(response: Any, cut_off: str) -> dict | None:
+    answer = assistant_message(response)
+    return None if answer is None else apply_cut_off(answer, finish_reason(response), cut_off)
+
+
+def cut_off_meta(response: Any, cut_off: str) -> dict:
+    # recorded so a trimmed or kept cut-off target can be told apart in the set (and ranked)
+    return {"cut_off": cut_off} if finish_reason(response) == "length" else {}
+

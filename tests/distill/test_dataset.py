@@ -18,7 +18,7 @@ from keel.cli.distill import distill_group
 from keel.cli.main import KeelGroup
 from keel.config import KeelConfig
 from keel.distill import dataset as ds
-from keel.distill import lineage
+from keel.distill import from_traces, lineage
 from keel.distill.export import example_line, export_split
 from keel.distill.validate import validate_file
 from keel.errors import InvalidRequest
@@ -287,7 +287,7 @@ def test_best_per_sample_prefers_a_complete_answer_to_a_trimmed_one():
 
     examples = [example("short, trimmed.", 1.0, cut=True), example("a longer complete one.", 1.0),
                 example("best.", 0.5)]
-    kept = ds._best_per_sample(examples, {e.origin: "s1" for e in examples})
+    kept = from_traces._best_per_sample(examples, {e.origin: "s1" for e in examples})
     assert [e.origin for e in kept] == ["a longer complete one."]
 
 
@@ -299,7 +299,7 @@ def test_filter_excludes_guarded_traces(keel):
     assert chosen(store) == [clean, masked]
     spans = [{"name": "guard.pii", "attrs": {"action": "pass"}},
              {"name": "guard.topics", "attrs": {"action": "flag"}}, {"name": "provider"}]
-    assert ds.guard_actions(spans) == ["guard.topics=flag"]
+    assert from_traces.guard_actions(spans) == ["guard.topics=flag"]
 
 
 # -- dedupe, PII, splits ---------------------------------------------------------------------
