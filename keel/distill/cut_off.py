@@ -45,8 +45,11 @@ def finish_reason(response: Any) -> str | None:
 def trim_to_sentence(text: str) -> str | None:
     """`text` up to the end of its last complete sentence, or None when it has none."""
     for end in reversed(list(_SENTENCE_END.finditer(text))):
-        if not _LIST_NUMBER.search(text, 0, end.start()):
-            return text[:end.end()].rstrip()
+        if _LIST_NUMBER.search(text, 0, end.start()):
+            continue
+        if end.end() == len(text) and text[end.start() - 1:end.start()].isdigit():
+            continue  # "TLS 1." where the cut fell: it may have gone on "2"
+        return text[:end.end()].rstrip()
     return None
 
 

@@ -258,6 +258,7 @@ def test_answers_cut_off_by_max_tokens_are_dropped_trimmed_or_kept(keel):
     ("Steps:\n1. Open **Settings > Billing**.\n2. Click Change\n3.",
      "Steps:\n1. Open **Settings > Billing**."),
     ("1. Open it. 2.", "1. Open it."),
+    ("Data is sent over TLS. Use TLS 1.", "Data is sent over TLS."),  # 1.2, cut at the dot
     ("no end at all", None),
     ("3.", None),
 ])
