@@ -65,6 +65,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data" / "distill"
 FAQ = ROOT / "examples" / "support-bot" / "faq"
 EXAMPLE_CONFIG = ROOT / "examples" / "support-bot" / "keel.yaml"
+# The application's system prompt: a support bot that answers briefly. Teacher, base and student
+# all get it; the student learns the teacher's right answers in that style.
+SYSTEM = "You are Acme's support assistant. Answer in one or two short sentences."
 
 
 # -- the grader the eval runner imports (`python` grader, function "distill:key_facts") -------
@@ -245,15 +248,15 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-tokens", type=int, default=150,
                         help="answer length in the held-out eval (the teacher's default)")
-    parser.add_argument("--samples", type=int, default=6,
+    parser.add_argument("--samples", type=int, default=8,
                         help="teacher answers per training prompt (1 greedy, the rest sampled)")
     parser.add_argument("--teacher-max-tokens", type=int, default=100,
                         help="answer length of the teacher's training answers")
     parser.add_argument("--min-grade", type=float, default=1.0,
                         help="keep teacher answers graded at least this")
-    parser.add_argument("--cut-off", choices=("trim", "drop", "keep"), default="trim",
-                        help="teacher answers max_tokens cut off: keep them up to their last "
-                        "complete sentence (default), leave them out, or keep them whole")
+    parser.add_argument("--cut-off", choices=("drop", "trim", "keep"), default="drop",
+                        help="teacher answers max_tokens cut off: leave them out (default), "
+                        "keep them up to their last complete sentence, or keep them whole")
     parser.add_argument("--facts-only", action="store_true",
                         help="filter the teacher's answers on key-facts alone (default: the "
                         "mean of key-facts and plain, so a right answer that talks about its "
@@ -264,9 +267,9 @@ def main() -> None:
                         "run: keep its ingest and teacher set, train and evaluate again")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill.json"))
     parser.add_argument("--job", help="with --reuse: evaluate this finished job, no training")
-    parser.add_argument("--system", metavar="TEXT", help="a system prompt the application "
-                        "sends: the teacher's answers and the held-out eval (all three "
-                        "models) get it")
+    parser.add_argument("--system", metavar="TEXT", default=SYSTEM, help="the system prompt "
+                        "the application sends: the teacher's answers and the held-out eval "
+                        "(all three models) get it; '' for none (default: %(default)r)")
     parser.add_argument("--teacher-run", metavar="RUN", help="with --keep DIR of an earlier "
                         "run: build the set again from that run's graded teacher answers "
                         "(no new teacher run), then train and evaluate")
@@ -308,9 +311,9 @@ def main() -> None:
                     ["eval", "run", "teacher.yaml", "--no-progress", "--config", "keel.yaml",
                      "--json"], work, log)
                 teacher_run = json.loads(out)
-            # One answer a prompt: the best graded of the run's N, a complete one before one
-            # max_tokens cut off, the shortest of equals. A cut-off answer is trimmed to its
-            # last sentence: taught whole, it teaches the student to run on to its own limit.
+            # One answer a prompt: the best graded of the run's N, the shortest of equals. An
+            # answer max_tokens cut off is left out: taught, it teaches the student to run on
+            # to its own limit.
             out, timings["dataset_s"] = keel(
                 ["distill", "dataset", "faq", "--from-traces", "--eval-run",
                  teacher_run["run_id"], "--best-per-sample", "--min-grade", str(args.min_grade),
@@ -374,6 +377,8 @@ def main() -> None:
         "teacher_samples": args.samples,
         "filter": "key-facts" if args.facts_only else "key-facts and plain",
         "cut_off": args.cut_off,
+        "system": args.system or None,
+        "teacher_max_tokens": args.teacher_max_tokens,
         "training": {**(job.get("options") or {}).get("backend_options", {}),
                      "job_id": job["id"],
                      "status": job.get("status"), "result_model": job.get("result_model"),
