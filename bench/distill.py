@@ -23,10 +23,11 @@ front of it), and a student taught its wrong answers learns them too. So the tea
 best-of-N with a check: each training prompt (bench/data/distill/train-prompts.jsonl, with the
 key facts a right answer holds) is answered greedily and N-1 times sampled, the eval run grades
 every answer, and the training set keeps each prompt's best answer (the shortest of equals)
-when it holds all the prompt's facts and speaks plainly (`plain`: no talk of "the sources",
-no [1] markers, code or links, which a student without retrieval must not learn) — Keel's
-"from traces, eval grade ≥ x" filter on that one run. Prompts the teacher never gets right
-are left out.
+when it holds all the prompt's facts, speaks plainly (`plain`: no talk of "the sources", no [1]
+markers, code or links, which a student without retrieval must not learn) and was not cut off
+at max_tokens — Keel's "from traces, eval grade ≥ x" filter on that one run. Prompts the
+teacher never gets right are left out. Teacher, base and student all get the application's
+system prompt (SYSTEM below: answer in one or two short sentences).
 
 The held-out questions (bench/data/distill/heldout.jsonl) are paraphrases that are NOT in the
 training prompts (checked below), with the ideal answer taken from the FAQ text and the key
@@ -38,8 +39,9 @@ facts a right answer must contain. Two deterministic graders:
 - `similarity`: cosine of the answer and the ideal FAQ answer with the embedded MiniLM — a
   softer "on topic and close to the FAQ" measure; generic support talk still scores ~0.5.
 
-    python bench/distill.py [--epochs 8] [--learning-rate 1e-4] [--samples 6] [--keep DIR]
+    python bench/distill.py [--epochs 8] [--learning-rate 1e-4] [--samples 8] [--keep DIR]
     python bench/distill.py --facts-only                      # filter on key-facts alone
+    python bench/distill.py --system '' --cut-off trim        # no system prompt; trim cut-offs
     python bench/distill.py --keep DIR --reuse [--epochs 4]   # same teacher set, train again
     python bench/distill.py --keep DIR --teacher-run RUN      # same teacher answers, new set
     python bench/distill.py --keep DIR --reuse --job ID       # evaluate a finished job again
