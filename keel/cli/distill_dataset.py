@@ -67,8 +67,8 @@ from keel.errors import InvalidRequest
 @json_option
 def dataset_command(name, from_traces, teacher, prompts, model, since, until, feedback,
                     min_score, min_grade, grader, eval_run, best_per_sample, cut_off,
-                    exclude_guarded, limit, near_dup, pii, split_text, out, token_limit, config_path, db_url,
-                    as_json) -> None:
+                    exclude_guarded, limit, near_dup, pii, split_text, out, token_limit,
+                    config_path, db_url, as_json) -> None:
     """Build training set NAME from traces or a teacher run: deduplicated, PII-scrubbed, split
     into NAME-train / NAME-validation / NAME-test eval datasets, recorded with its lineage."""
     from keel.distill import dataset as ds

@@ -78,4 +78,3 @@ def learnable_answer(response: Any, cut_off: str) -> dict | None:
 def cut_off_meta(response: Any, cut_off: str) -> dict:
     # recorded so a trimmed or kept cut-off target can be told apart in the set (and ranked)
     return {"cut_off": cut_off} if finish_reason(response) == "length" else {}
-
