@@ -118,6 +118,8 @@ def jobs_command(config_path, db_url, as_json) -> None:
     store = common.open_store_for(config_path, db_url)
     try:
         rows = lineage.list_jobs(store)
+        if _settle_orphans(store, rows, config_path):
+            rows = lineage.list_jobs(store)
     finally:
         store.close()
     if as_json:
@@ -143,6 +145,8 @@ def job_command(job_id, follow, config_path, db_url, as_json) -> None:
     store = common.open_store_for(config_path, db_url)
     try:
         row = lineage.get_job(store, job_id)
+        if _settle_orphans(store, [row], config_path):
+            row = lineage.get_job(store, row["id"])
         if follow and row["status"] not in lineage.FINAL_STATES:
             out = common.console()
             backend = _backend(row["backend"], (row["options"] or {}).get("backend_options"),
@@ -223,6 +227,38 @@ def _backend(name: str, options: dict | None, config):
     from keel.pipeline.runtime import Runtime
 
     return backend_class(name)(options or {}, Runtime(config))
+
+
+def _settle_orphans(store, rows: list[dict], config_path) -> bool:
+    """Local jobs still `queued`/`running` whose worker on this machine is gone (its `keel
+    distill train` was killed, or the machine restarted): read what the worker wrote, so the
+    row says how the job ended (succeeded, failed with `worker_died`, …) instead of running
+    forever. True when a row was settled. Jobs at a remote API, or started on another machine,
+    are left as they are: following them is `keel distill job ID --follow`."""
+    from keel.config import load_config
+
+    open_jobs = [r for r in rows if r["backend"] == "local" and r["external_id"]
+                 and r["status"] not in lineage.FINAL_STATES]
+    if not open_jobs:
+        return False
+    settled = False
+    config = load_config(config_path)
+    for row in open_jobs:
+        try:
+            backend = _backend("local", (row["options"] or {}).get("backend_options"), config)
+        except KeelError:  # the local extra is not installed here: nothing to read
+            return settled
+        job = _train_job(row)
+        if not backend.worker_gone(job):
+            continue
+
+        async def drain(backend=backend, job=job):
+            async for update in backend.follow(job):
+                await asyncio.to_thread(_record, store, job.id, update)
+
+        asyncio.run(drain())
+        settled = True
+    return settled
 
 
 def _train_job(row: dict) -> TrainJob:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -209,3 +210,59 @@ def test_packing_keeps_examples_whole_and_pads_with_end_of_turn():
     windows = pack([[1, 2, 3], [4, 5], [6, 7, 8, 9]], context=5, pad=0)
     assert windows == [[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 0, 0]]
     assert pack([list(range(10))], context=3, pad=0) == [[6, 7, 8, 9]]  # keeps the answer end
+
+
+# -- a job whose `keel distill train` was killed ---------------------------------------------
+
+def test_jobs_settles_a_job_whose_worker_is_gone(tmp_path):
+    """`keel distill train` killed (SIGTERM, a closed terminal) leaves its row `running`; the
+    listing reads what the dead worker wrote and records how the job ended. A job whose worker
+    still runs, and one started on another machine (no progress file here), stay as they are."""
+    import subprocess
+    import sys
+
+    import orjson
+    import yaml
+    from click.testing import CliRunner
+
+    from keel.cli.distill import distill_group
+    from keel.cli.main import KeelGroup
+    from keel.distill import lineage
+    from keel.store import open_store
+
+    state = tmp_path / "state"
+    config = tmp_path / "keel.yaml"
+    url = f"sqlite:///{tmp_path / 'keel.db'}"
+    config.write_text(yaml.safe_dump({"state_dir": str(state), "store": {"url": url}}))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = open_store(url)
+
+    def job(pid: int, lines: list[dict] | None) -> str:
+        job_id = lineage.create_job(store, backend="local", base_model="smollm2", set_id=None,
+                                    options={"train_file": "train.jsonl"})
+        lineage.update_job(store, job_id, status="running", external_id=f"local-{pid}")
+        if lines is not None:
+            (state / "distill" / job_id).mkdir(parents=True)
+            (state / "distill" / job_id / "progress.jsonl").write_bytes(
+                b"".join(orjson.dumps(line) + b"\n" for line in lines))
+        return job_id
+
+    step = {"event": "step", "epoch": 1, "epochs": 2, "step": 1, "steps": 3, "loss": 2.5}
+    died = job(gone.pid, [{"event": "stage", "stage": "train"}, step])
+    done = job(gone.pid, [step, {"event": "done", "model": "/m/student.gguf", "seconds": 9}])
+    alive = job(os.getpid(), [step])
+    elsewhere = job(gone.pid, None)
+    store.close()
+
+    cli = KeelGroup()
+    cli.add_command(distill_group)
+    listed = CliRunner().invoke(cli, ["distill", "jobs", "--config", str(config), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["id"]: r for r in orjson.loads(listed.output)}
+    assert rows[died]["status"] == "failed" and rows[died]["error"]["code"] == "worker_died"
+    assert any(e["type"] == "metrics" for e in rows[died]["events"])
+    assert (rows[done]["status"], rows[done]["result_model"]) == ("succeeded", "/m/student.gguf")
+    assert rows[alive]["status"] == rows[elsewhere]["status"] == "running"
+    shown = CliRunner().invoke(cli, ["distill", "job", died, "--config", str(config), "--json"])
+    assert orjson.loads(shown.output)["status"] == "failed"

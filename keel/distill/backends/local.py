@@ -172,6 +172,13 @@ class LocalBackend:
             leftover.unlink(missing_ok=True)
         self.result_path(job).unlink(missing_ok=True)
 
+    def worker_gone(self, job: TrainJob) -> bool:
+        """The job's worker was started on this machine (its progress file is here) and is no
+        longer running: what it wrote is all there will be, so `follow` ends at once with how
+        it ended (done, error, or died). `keel distill jobs` uses it to settle jobs whose
+        `keel distill train` was killed before it could record the end."""
+        return (self.work_dir(job) / "progress.jsonl").is_file() and not self._alive(job)
+
     # -- paths and the worker process -------------------------------------------------------
 
     def work_dir(self, job: TrainJob) -> Path:
