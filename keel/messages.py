@@ -4,6 +4,7 @@ A message's `content` is a string, a list of content parts (`{"type": "text", "t
 images, audio, refusals) or null. Where Keel needs it as text — a search query, a judge's
 prompt, a table in the CLI, a fake model's echo — the text parts are joined and the rest left
 out; the local engine, which must refuse images rather than drop them, checks parts itself.
+`finish_reasons` reads how a recorded response ended (tracing, training sets).
 """
 
 from __future__ import annotations
@@ -29,6 +30,19 @@ def last_user_text(messages: list[dict] | None, sep: str = " ") -> str:
         if message.get("role") == "user":
             return content_text(message.get("content"), sep)
     return ""
+
+
+def finish_reasons(response: Any) -> list[str]:
+    """Why a recorded response ended: each choice's `finish_reason` of a chat.completion, or a
+    stream's summary (keel.api.sse) one; [] when it does not say."""
+    if not isinstance(response, dict):
+        return []
+    choices = response.get("choices")
+    if isinstance(choices, list):
+        return [c["finish_reason"] for c in choices
+                if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)]
+    reason = response.get("finish_reason")
+    return [reason] if isinstance(reason, str) else []
 
 
 def _part_text(part: dict) -> str:

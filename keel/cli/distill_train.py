@@ -173,6 +173,8 @@ def cancel_command(job_id, config_path, db_url) -> None:
     store = common.open_store_for(config_path, db_url)
     try:
         row = lineage.get_job(store, job_id)
+        if _settle_orphans(store, [row], config_path):  # it ended unrecorded: not "cancelled"
+            row = lineage.get_job(store, row["id"])
         if row["status"] in lineage.FINAL_STATES:
             raise InvalidRequest(f"job {row['id']} has already {row['status']}")
         backend = _backend(row["backend"], (row["options"] or {}).get("backend_options"),

@@ -9,6 +9,7 @@ a tool call, is dropped); `keep` takes them as they are.
 
     reason = finish_reason(response)            # "stop", "length", … or None when unknown
     answer = apply_cut_off(answer, reason, "trim")   # the answer to learn, or None to drop it
+    meta = cut_off_meta(reason, "trim")              # {"cut_off": "trim"} when it was cut off
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from keel.distill.example import assistant_message
 from keel.errors import InvalidRequest
+from keel.messages import finish_reasons
 
 CUT_OFF_MODES = ("drop", "trim", "keep")
 DEFAULT_CUT_OFF = "drop"
@@ -32,14 +33,7 @@ _LIST_NUMBER = re.compile(r"(?:^|\n|[.!?:] )[ \t]*\d+$")
 
 def finish_reason(response: Any) -> str | None:
     """Why the recorded answer ended: a chat.completion's first choice, or a stream's summary."""
-    if not isinstance(response, dict):
-        return None
-    choices = response.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-    else:
-        reason = response.get("finish_reason")
-    return reason if isinstance(reason, str) else None
+    return next(iter(finish_reasons(response)), None)
 
 
 def trim_to_sentence(text: str) -> str | None:
@@ -70,11 +64,7 @@ def check_cut_off(mode: str) -> None:
                              f"{mode!r}", param="cut_off")
 
 
-def learnable_answer(response: Any, cut_off: str) -> dict | None:
-    answer = assistant_message(response)
-    return None if answer is None else apply_cut_off(answer, finish_reason(response), cut_off)
-
-
-def cut_off_meta(response: Any, cut_off: str) -> dict:
-    # recorded so a trimmed or kept cut-off target can be told apart in the set (and ranked)
-    return {"cut_off": cut_off} if finish_reason(response) == "length" else {}
+def cut_off_meta(reason: str | None, mode: str) -> dict:
+    """The example's metadata: `cut_off: <mode>` on a target `max_tokens` cut off (trimmed or
+    kept), so it can be told apart in the set, and ranked below a complete one."""
+    return {"cut_off": mode} if reason == "length" else {}

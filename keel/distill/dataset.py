@@ -41,9 +41,10 @@ import numpy as np
 from keel.distill import lineage
 from keel.distill.cut_off import (
     DEFAULT_CUT_OFF,
+    apply_cut_off,
     check_cut_off,
     cut_off_meta,
-    learnable_answer,
+    finish_reason,
 )
 from keel.distill.example import Example, assistant_message, clean_message
 from keel.distill.from_traces import TraceFilters, examples_from_traces
@@ -115,16 +116,17 @@ async def examples_from_teacher(gateway, route: str, samples: Sequence[Sample], 
             finally:
                 if progress is not None:
                     progress(1)
-        if assistant_message(result) is None:
+        answer, reason = assistant_message(result), finish_reason(result)
+        if answer is None:
             return None, {"sample": sample.id, "error": "the teacher gave no answer"}
-        answer = learnable_answer(result, cut_off)
+        answer = apply_cut_off(answer, reason, cut_off)
         if answer is None:
             return None, {"sample": sample.id, "error": "max_tokens cut the answer off "
                           f"(cut_off {cut_off})"}
         return Example(prompt=[clean_message(m) for m in sample.input], answer=answer,
                        tools=tools or None, origin=sample.id,
                        meta={"trace_id": trace.id, "teacher": route,
-                             **cut_off_meta(result, cut_off)}), None
+                             **cut_off_meta(reason, cut_off)}), None
 
     outcomes = await asyncio.gather(*(one(s) for s in samples))
     return ([e for e, _ in outcomes if e is not None],

@@ -17,11 +17,12 @@ import sqlalchemy as sa
 
 from keel.distill.cut_off import (
     DEFAULT_CUT_OFF,
+    apply_cut_off,
     check_cut_off,
     cut_off_meta,
-    learnable_answer,
+    finish_reason,
 )
-from keel.distill.example import Example, clean_message
+from keel.distill.example import Example, assistant_message, clean_message
 from keel.errors import InvalidRequest
 from keel.messages import content_text
 from keel.store.models import eval_results, traces
@@ -194,12 +195,13 @@ def guard_actions(spans: list[dict] | None) -> list[str]:
 
 
 def _example_from_trace(entry: dict, cut_off: str) -> Example | None:
-    request = entry["request"]
-    answer = learnable_answer(entry.get("response"), cut_off)
+    request, response = entry["request"], entry.get("response")
+    answer, reason = assistant_message(response), finish_reason(response)
+    if answer is not None:
+        answer = apply_cut_off(answer, reason, cut_off)
     if answer is None:
         return None
-    meta = {"trace_id": entry["id"], "model": entry.get("model"), **cut_off_meta(
-        entry.get("response"), cut_off)}
+    meta = {"trace_id": entry["id"], "model": entry.get("model"), **cut_off_meta(reason, cut_off)}
     latest = entry.get("feedback") or {}
     if latest.get("score") is not None:
         meta["feedback_score"] = latest["score"]

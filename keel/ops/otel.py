@@ -26,6 +26,7 @@ from typing import Any
 
 from keel.config import OTLPConfig
 from keel.errors import ConfigError
+from keel.messages import finish_reasons
 from keel.ops.privacy import REDACTED, redact_span
 
 try:  # the `otel` extra; Keel imports this module only when tracing.otlp is set
@@ -225,7 +226,7 @@ class OTelExporter:
                         "max_completion_tokens") else float)
         response = trace.response
         if isinstance(response, dict):
-            reasons = _finish_reasons(response)
+            reasons = finish_reasons(response)
             if reasons:
                 attrs["gen_ai.response.finish_reasons"] = tuple(reasons)
             if isinstance(response.get("id"), str):
@@ -292,15 +293,6 @@ def _error_type(error: dict, status: int) -> str:
         if isinstance(error.get(key), str) and error[key]:
             return error[key]
     return str(status)
-
-
-def _finish_reasons(response: dict) -> list[str]:
-    choices = response.get("choices")
-    if isinstance(choices, list):
-        return [c["finish_reason"] for c in choices
-                if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)]
-    reason = response.get("finish_reason")  # a stream's summary (keel.api.sse)
-    return [reason] if isinstance(reason, str) else []
 
 
 def _number(attrs: dict, name: str, value, kind) -> None:

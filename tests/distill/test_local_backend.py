@@ -253,10 +253,14 @@ def test_jobs_settles_a_job_whose_worker_is_gone(tmp_path):
     done = job(gone.pid, [step, {"event": "done", "model": "/m/student.gguf", "seconds": 9}])
     alive = job(os.getpid(), [step])
     elsewhere = job(gone.pid, None)
+    finished = job(gone.pid, [step, {"event": "done", "model": "/m/other.gguf", "seconds": 9}])
     store.close()
 
     cli = KeelGroup()
     cli.add_command(distill_group)
+    # cancelling a job that ended unrecorded says how it ended, not "cancelled"
+    cancelled = CliRunner().invoke(cli, ["distill", "cancel", finished, "--config", str(config)])
+    assert cancelled.exit_code != 0 and "has already succeeded" in cancelled.output
     listed = CliRunner().invoke(cli, ["distill", "jobs", "--config", str(config), "--json"])
     assert listed.exit_code == 0, listed.output
     rows = {r["id"]: r for r in orjson.loads(listed.output)}
