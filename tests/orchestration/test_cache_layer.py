@@ -90,6 +90,11 @@ def entries(keel: Keel) -> int:
     return sum(s["entries"] for s in cache_store.stats(keel.gateway.runtime.store))
 
 
+def newest(keel: Keel) -> float | None:
+    return max((s["newest"] for s in cache_store.stats(keel.gateway.runtime.store)),
+               default=None)
+
+
 async def written(keel: Keel, count: int, timeout: float = 10.0) -> None:
     """Wait until the store holds `count` entries: answers are written off the response path."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -271,8 +276,17 @@ async def test_entries_expire(serve, tmp_path):
 async def test_the_size_bound_evicts_the_least_recently_used(serve, tmp_path):
     keel = await serve(config(tmp_path, bot={"model": "echo", "cache": {
         "mode": "exact", "max_entries": 2}}))
-    for question in ("one", "two", "three"):
+    for count, question in enumerate(("one", "two"), 1):
         await keel.ask(question)
+        await written(keel, count)
+    # "three" is written (and "one" evicted, in the same transaction) once the newest entry
+    # changes: the count alone is 2 before and after, and reading it raced the writer.
+    before = newest(keel)
+    await keel.ask("three")
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while newest(keel) == before:
+        assert asyncio.get_running_loop().time() < deadline, "three was never written"
+        await asyncio.sleep(0.02)
     await written(keel, 2)
     _, headers, _ = await keel.ask("one")
     assert headers["x-keel-cache"] == "miss"
